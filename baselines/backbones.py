@@ -1,0 +1,183 @@
+"""Backbones used by the FSL and FSCIL literature, one factory: :func:`build_backbone`.
+
+* ``conv4``    - 4 x [3x3 conv, BN, ReLU, 2x2 max-pool] (Vinyals et al. 2016; Snell et al. 2017).
+* ``resnet12`` - the FSL ResNet-12 (Lee et al. 2019, MetaOptNet; 64-160-320-640), no DropBlock.
+* ``resnet18`` - torchvision's ResNet-18 (He et al. 2016), 512-d; ``cifar_stem: true`` swaps the
+  7x7/stride-2 stem and max-pool for a 3x3/stride-1 stem. Loads torchvision checkpoints.
+* ``resnet20`` - the CIFAR ResNet-20 of TOPIC/CEC/TEEN (3 stages x 3 basic blocks, 16-32-64).
+
+Every backbone maps ``(B, C, H, W)`` to ``(B, out_dim)`` (global average pooling).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchvision
+
+from fsbench.errors import UserError
+
+
+class Conv4(nn.Module):
+    def __init__(self, in_channels: int = 3, hidden: int = 64, pool_last: bool = True):
+        super().__init__()
+        layers = []
+        for i in range(4):
+            layers += [nn.Conv2d(in_channels if i == 0 else hidden, hidden, 3, padding=1, bias=False),
+                       nn.BatchNorm2d(hidden), nn.ReLU(inplace=True)]
+            if i < 3 or pool_last:
+                layers.append(nn.MaxPool2d(2))
+        self.features = nn.Sequential(*layers)
+        self.out_dim = hidden
+
+    def forward(self, x):
+        return F.adaptive_avg_pool2d(self.features(x), 1).flatten(1)
+
+
+class _Res12Block(nn.Module):
+    def __init__(self, cin, cout):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.LeakyReLU(0.1),
+            nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.LeakyReLU(0.1),
+            nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout))
+        self.short = nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout))
+        self.pool = nn.MaxPool2d(2)
+
+    def forward(self, x):
+        return self.pool(F.leaky_relu(self.body(x) + self.short(x), 0.1))
+
+
+class ResNet12(nn.Module):
+    def __init__(self, in_channels: int = 3, widths=(64, 160, 320, 640)):
+        super().__init__()
+        chans = [in_channels, *widths]
+        self.layers = nn.Sequential(*[_Res12Block(chans[i], chans[i + 1]) for i in range(4)])
+        self.out_dim = widths[-1]
+
+    def forward(self, x):
+        return F.adaptive_avg_pool2d(self.layers(x), 1).flatten(1)
+
+
+class _BasicBlock(nn.Module):
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.down = None
+        if stride != 1 or cin != cout:
+            self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
+                                      nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + (x if self.down is None else self.down(x)))
+
+
+class ResNet20(nn.Module):
+    """CIFAR ResNet-20 (He et al. 2016, §4.2): 3 stages of 3 basic blocks, 16/32/64 channels."""
+
+    def __init__(self, in_channels: int = 3, widths=(16, 32, 64), blocks: int = 3):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        layers, cin = [], widths[0]
+        for i, w in enumerate(widths):
+            for b in range(blocks):
+                layers.append(_BasicBlock(cin, w, 2 if (b == 0 and i > 0) else 1))
+                cin = w
+        self.layers = nn.Sequential(*layers)
+        self.out_dim = widths[-1]
+
+    def forward(self, x):
+        x = self.layers(F.relu(self.bn1(self.conv1(x))))
+        return F.adaptive_avg_pool2d(x, 1).flatten(1)
+
+
+class ResNet18(nn.Module):
+    """torchvision ResNet-18 trunk (same parameter names, so torchvision checkpoints load)."""
+
+    def __init__(self, in_channels: int = 3, cifar_stem: bool = False):
+        super().__init__()
+        net = torchvision.models.resnet18(weights=None)
+        if cifar_stem or in_channels != 3:
+            k, s, p = (3, 1, 1) if cifar_stem else (7, 2, 3)
+            net.conv1 = nn.Conv2d(in_channels, 64, k, s, p, bias=False)
+        if cifar_stem:
+            net.maxpool = nn.Identity()
+        net.fc = nn.Identity()
+        self.net = net
+        self.out_dim = 512
+
+    def forward(self, x):
+        return self.net(x)
+
+    def load_torchvision(self, path: str | Path) -> None:
+        """Load a torchvision ``resnet18`` state dict (``fc.*`` is ignored)."""
+        state = load_state_dict_file(path, "backbone.weights")
+        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+        own = self.net.state_dict()
+        missing = [k for k in own if k not in state]
+        unexpected = [k for k in state if k not in own]
+        wrong = [k for k in state if k in own and state[k].shape != own[k].shape]
+        if missing or unexpected or wrong:
+            detail = (f"missing {missing[:3]}" if missing else
+                      f"unexpected {unexpected[:3]}" if unexpected else f"wrong shape {wrong[:3]}")
+            raise UserError(f"backbone.weights {path}: not a torchvision ResNet-18 checkpoint "
+                            f"({detail}); use the file torchvision's resnet18 "
+                            f"(ResNet18_Weights.IMAGENET1K_V1) downloads")
+        self.net.load_state_dict(state, strict=False)
+
+
+def load_state_dict_file(path: str | Path, field: str) -> dict:
+    """``torch.load(weights_only=True)`` with one-line errors; unwraps ``{"state_dict": ...}``."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise UserError(f"{field}: file {path} not found; download torchvision's ImageNet "
+                        f"ResNet-18 weights (resnet18-f37072fd.pth) and pass its path")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure is a user error here
+        raise UserError(f"{field}: {path} is not a loadable weights-only PyTorch file "
+                        f"({type(e).__name__}); pass a state dict saved with torch.save") from e
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"{field}: {path} does not hold a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+_BUILDERS = {
+    "conv4": lambda c, **kw: Conv4(c, **kw),
+    "resnet12": lambda c, **kw: ResNet12(c, **kw),
+    "resnet18": lambda c, **kw: ResNet18(c, **kw),
+    "resnet20": lambda c, **kw: ResNet20(c, **kw),
+}
+
+
+def available() -> list[str]:
+    return sorted(_BUILDERS)
+
+
+def build_backbone(cfg: dict, in_channels: int) -> nn.Module:
+    """``cfg``: ``{name: resnet18, weights: PATH|null, **architecture kwargs}``."""
+    cfg = dict(cfg or {})
+    name = cfg.pop("name", "conv4")
+    weights = cfg.pop("weights", None)
+    if name not in _BUILDERS:
+        raise UserError(f"backbone.name: unknown backbone {name!r}; valid: {', '.join(available())}")
+    try:
+        net = _BUILDERS[name](in_channels, **cfg)
+    except TypeError as e:
+        raise UserError(f"backbone: bad option for {name}: {e}") from e
+    if weights:
+        if not hasattr(net, "load_torchvision"):
+            raise UserError(f"backbone.weights: pretrained weights are supported for resnet18 "
+                            f"only, not {name}")
+        net.load_torchvision(weights)
+    return net

@@ -1,0 +1,69 @@
+"""``protonet`` - Prototypical Networks (Snell et al., NeurIPS 2017).
+
+Training: episodic, ``train.episodes`` episodes of ``train.way``-way ``train.shot``-shot
+``train.query``-query tasks on the training classes, Adam; loss = cross-entropy over negative
+squared Euclidean distances to the class means (Eq. 1-2). Evaluation: the same rule on frozen
+features.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from fsbench.episodes.sampler import EpisodeSampler
+from fsbench.learner import DataInfo, FSLLearner
+from fsbench.registry import register_method
+
+from .backbones import build_backbone
+from .protos import prototypes, sq_euclidean
+
+
+def proto_logits(support, support_labels, query, way: int):
+    return -sq_euclidean(query, prototypes(support, support_labels, way))
+
+
+@register_method("protonet", task="fsl",
+                 summary="Prototypical Networks: class-mean prototypes, squared Euclidean")
+class ProtoNet(FSLLearner):
+    def __init__(self, config: dict, info: DataInfo):
+        super().__init__(config, info)
+        self.backbone = build_backbone(config.get("backbone", {}), info.channels)
+
+    def embed(self, x):
+        return self.backbone(x)
+
+    def predict_episode(self, support, support_labels, query):
+        way = int(support_labels.max()) + 1
+        return proto_logits(support, support_labels, query, way)
+
+    def predict_episodes(self, support, support_labels, query):
+        way = int(support_labels.max()) + 1
+        return proto_logits(support, support_labels, query, way)
+
+    def fit(self, train, ctx) -> None:
+        t = self.config.get("train", {})
+        n = int(t.get("episodes", 0))
+        if n <= 0:
+            return
+        way, shot, query = int(t.get("way", 5)), int(t.get("shot", 5)), int(t.get("query", 15))
+        sampler = EpisodeSampler(train.labels, way, shot, query, seed=ctx.seed)
+        opt = torch.optim.Adam(self.backbone.parameters(), lr=float(t.get("lr", 1e-3)))
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, int(t.get("lr_step", n))),
+                                                gamma=float(t.get("gamma", 0.5)))
+        tf = ctx.train_transform
+        self.backbone.train()
+        for i in ctx.bar(range(n), "protonet episodes"):
+            ep = sampler.sample(i, 1)
+            idx = torch.cat([torch.from_numpy(ep.support.reshape(-1)),
+                             torch.from_numpy(ep.query.reshape(-1))]).numpy()
+            x = torch.stack([tf(train.load(int(j))) for j in idx]).to(ctx.device)
+            f = self.backbone(x)
+            fs, fq = f[: way * shot], f[way * shot:]
+            sl = torch.arange(way, device=ctx.device).repeat_interleave(shot)
+            ql = torch.arange(way, device=ctx.device).repeat_interleave(query)
+            loss = F.cross_entropy(proto_logits(fs, sl, fq, way), ql)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+        self.backbone.eval()

@@ -1,0 +1,117 @@
+"""Supervised base-session training shared by the FSCIL learners (NCM, fine-tune, TEEN).
+
+Backbone + cosine classifier trained with cross-entropy, SGD with momentum (Nesterov as in the
+CEC/TEEN code), weight decay, and a cosine or multi-step schedule. Model selection:
+
+* ``val`` (default) - a validation split carved from the base training images (``val_fraction``
+  per class, deterministic); the best validation epoch is kept;
+* ``last`` - the last epoch;
+* ``test`` - the original CEC/TEEN protocol: best epoch on the base *test* set. Only when the run
+  sets ``select_on_test: true`` (the runner then hands over the base test images and the result
+  carries the ``selected_on_test`` flag).
+"""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from fsbench.episodes.base import ImageDataset
+from fsbench.errors import UserError
+
+
+def split_val(data: ImageDataset, fraction: float, seed: int):
+    """Deterministic per-class split of ``data`` into (train, val) subsets."""
+    rng = np.random.default_rng(seed)
+    val = []
+    for c in np.unique(data.labels):
+        idx = np.flatnonzero(data.labels == c)
+        k = int(round(len(idx) * fraction))
+        if k >= len(idx):
+            k = len(idx) - 1
+        if k > 0:
+            val.append(rng.choice(idx, size=k, replace=False))
+    val = np.sort(np.concatenate(val)) if val else np.empty(0, dtype=np.int64)
+    train = np.setdiff1d(np.arange(len(data)), val)
+    return data.subset(train), data.subset(val)
+
+
+def make_optimizer(params, t: dict, epochs: int):
+    opt = torch.optim.SGD(params, lr=float(t.get("lr", 0.1)), momentum=float(t.get("momentum", 0.9)),
+                          nesterov=bool(t.get("nesterov", True)),
+                          weight_decay=float(t.get("weight_decay", 5e-4)))
+    sched = t.get("schedule", "cosine")
+    if sched == "cosine":
+        s = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs))
+    elif sched == "multistep":
+        s = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(t.get("milestones", [])),
+                                                 gamma=float(t.get("gamma", 0.1)))
+    elif sched == "constant":
+        s = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: 1.0)
+    else:
+        raise UserError(f"train.schedule: unknown schedule {sched!r}; use cosine, multistep or "
+                        f"constant")
+    return opt, s
+
+
+@torch.no_grad()
+def accuracy(backbone: nn.Module, head: nn.Module, data: ImageDataset, ctx, num: int) -> float:
+    backbone.eval()
+    correct = total = 0
+    for x, y in ctx.batches(data, 512):
+        pred = head(backbone(x.to(ctx.device)), num).argmax(1).cpu()
+        correct += int((pred == y).sum())
+        total += len(y)
+    return 100.0 * correct / max(1, total)
+
+
+def train_supervised(backbone: nn.Module, head: nn.Module, data: ImageDataset, ctx,
+                     t: dict, num_classes: int, desc: str = "base") -> dict:
+    """Train ``head(backbone(x), num_classes)`` with cross-entropy on ``data``; returns a log."""
+    epochs = int(t.get("epochs", 1))
+    select = t.get("select", "val")
+    if ctx.get("select_on_test", False):
+        select = "test"
+    sel_data = None
+    if select == "val":
+        data, sel_data = split_val(data, float(t.get("val_fraction", 0.1)), ctx.seed)
+        if len(sel_data) == 0:
+            select = "last"
+    elif select == "test":
+        sel_data = ctx.extras.get("base_test")
+        if sel_data is None:
+            raise UserError("select_on_test needs the base test set; run through fsbench run")
+    elif select != "last":
+        raise UserError(f"train.select: {select!r} is not one of val, last, test")
+    params = list(backbone.parameters()) + list(head.parameters())
+    opt, sched = make_optimizer(params, t, epochs)
+    loader = ctx.loader(data, train=True, batch_size=int(t.get("batch_size", 128)),
+                        drop_last=len(data) > int(t.get("batch_size", 128)))
+    best, best_acc, history = None, -1.0, []
+    for epoch in ctx.bar(range(epochs), f"{desc} training", leave=False):
+        backbone.train()
+        head.train()
+        tot, n = 0.0, 0
+        for x, y in loader:
+            x, y = x.to(ctx.device), y.to(ctx.device)
+            loss = F.cross_entropy(head(backbone(x), num_classes), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            tot += float(loss) * len(y)
+            n += len(y)
+        sched.step()
+        rec = {"epoch": epoch, "loss": tot / max(1, n)}
+        if sel_data is not None:
+            rec["select_acc"] = accuracy(backbone, head, sel_data, ctx, num_classes)
+            if rec["select_acc"] > best_acc:
+                best_acc = rec["select_acc"]
+                best = (copy.deepcopy(backbone.state_dict()), copy.deepcopy(head.state_dict()))
+        history.append(rec)
+    if best is not None:
+        backbone.load_state_dict(best[0])
+        head.load_state_dict(best[1])
+    return {"history": history, "select": select, "best_select_acc": best_acc if best else None}

@@ -1,0 +1,56 @@
+"""The ``fsbench`` command line. Sub-commands are contributed by modules through ``add_commands``."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from fsbench.errors import UserError
+
+# Modules that contribute sub-commands: each has ``add_commands(subparsers)`` whose parsers call
+# ``set_defaults(func=handler)``; ``handler(args) -> int`` raises UserError for bad input.
+_COMMAND_MODULES = (
+    "fsbench.commands",
+    "fsbench.datacmd",
+    "fsbench.leaderboard.cli",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fsbench", description="Few-shot and few-shot class-incremental learning benchmarks.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in _COMMAND_MODULES:
+        try:
+            mod = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name == name:  # optional module not present yet
+                continue
+            raise
+        mod.add_commands(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 2
+        return int(args.func(args) or 0)
+    except UserError as e:
+        if debug:
+            raise
+        print(f"fsbench: error: {e}", file=sys.stderr)
+        return UserError.exit_code
+    except KeyboardInterrupt:
+        print("fsbench: interrupted; resume with `fsbench run --resume RUN_DIR`", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""Core sub-commands: ``run``, ``list``, ``show``."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from fsbench.errors import UserError
+
+
+def cmd_run(args) -> int:
+    from fsbench.api import run
+
+    if args.resume is None and (not args.method or not args.dataset):
+        raise UserError("fsbench run needs --method and --dataset (or --resume RUN_DIR); "
+                        "`fsbench list` shows the choices")
+    run(args.method, args.dataset, data_root=args.data_root, preset=args.preset,
+        overrides=args.set, seed=args.seed, device=args.device, out_dir=args.out,
+        resume=args.resume, progress=not args.no_progress)
+    return 0
+
+
+def cmd_list(args) -> int:
+    from fsbench.registry import DATASETS, METHODS
+
+    print("methods:")
+    for e in METHODS.entries():
+        print(f"  {e.name:<14} {e.task:<6} {e.summary}")
+    print("datasets:")
+    for e in DATASETS.entries():
+        print(f"  {e.name:<14} {e.task:<6} {e.summary}")
+    return 0
+
+
+def cmd_show(args) -> int:
+    from fsbench.loggers import result_table
+    from fsbench.results import read_json
+
+    path = Path(args.run_dir)
+    path = path / "result.json" if path.is_dir() else path
+    result = read_json(path, "result file")
+    if not isinstance(result, dict) or "metrics" not in result or "task" not in result:
+        raise UserError(f"{path} is not a fsbench result file")
+    print(result_table(result))
+    return 0
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser("run", help="train and evaluate a method on a dataset")
+    p.add_argument("--method", help="method name (fsbench list)")
+    p.add_argument("--dataset", help="dataset name (fsbench list)")
+    p.add_argument("--data-root", help="folder holding the dataset (default $FSBENCH_DATA)")
+    p.add_argument("--preset", help="a YAML file merged over the packaged preset")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a preset key, e.g. --set train.epochs=3 (repeatable)")
+    p.add_argument("--seed", type=int, help="random seed (default from the preset, else 0)")
+    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--out", default="runs", help="folder for run directories (default runs/)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("list", help="list methods and datasets")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("show", help="print the table of a finished run")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.set_defaults(func=cmd_show)

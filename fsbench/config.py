@@ -1,0 +1,146 @@
+"""Presets (data, not code) and their resolution into one run configuration.
+
+Resolution order, later wins:
+
+0. ``presets/defaults.yaml`` - keys every run has (seed, device, select_on_test, head, ...);
+1. ``presets/datasets/<dataset>.yaml`` - data defaults (transforms, evaluation episodes, options);
+2. ``presets/<method>/<dataset>.yaml`` - the method's paper hyper-parameters for that dataset
+   (``presets/<method>/default.yaml`` when no dataset-specific file exists);
+3. ``--preset FILE`` - a user file;
+4. ``--set key.path=value`` overrides (values parsed as YAML; the key must already exist).
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fsbench.errors import UserError
+
+PRESET_PACKAGE = "fsbench.presets"
+
+
+def _preset_dir():
+    return resources.files("fsbench").joinpath("presets")
+
+
+def read_yaml(path, label: str | None = None) -> dict:
+    """Read a YAML mapping with one-line errors naming the file."""
+    label = label or str(path)
+    try:
+        text = Path(path).read_text() if not hasattr(path, "read_text") else path.read_text()
+    except FileNotFoundError:
+        raise UserError(f"preset {label} not found; check the path") from None
+    except OSError as e:
+        raise UserError(f"preset {label}: cannot read ({e.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise UserError(f"preset {label}:{where} is not valid YAML "
+                        f"({getattr(e, 'problem', None) or e}); fix the syntax") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"preset {label}: the top level must be a mapping of keys, "
+                        f"got {type(data).__name__}")
+    return data
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def packaged_preset(method: str, dataset: str):
+    d = _preset_dir()
+    for cand in (d / method / f"{dataset}.yaml", d / method / "default.yaml"):
+        if cand.is_file():
+            return cand
+    return None
+
+
+def dataset_preset(dataset: str):
+    cand = _preset_dir() / "datasets" / f"{dataset}.yaml"
+    return cand if cand.is_file() else None
+
+
+def parse_set(items: list[str] | None) -> list[tuple[list[str], Any]]:
+    out = []
+    for item in items or []:
+        if "=" not in item:
+            raise UserError(f"--set {item!r}: expected key=value, e.g. --set train.epochs=3")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        out.append((key.strip().split("."), value))
+    return out
+
+
+def apply_overrides(cfg: dict, overrides: list[tuple[list[str], Any]]) -> dict:
+    cfg = copy.deepcopy(cfg)
+    for path, value in overrides:
+        node = cfg
+        for i, part in enumerate(path):
+            last = i == len(path) - 1
+            if not isinstance(node, dict) or part not in node:
+                known = sorted(node) if isinstance(node, dict) else []
+                raise UserError(f"--set {'.'.join(path)}: unknown key {part!r}"
+                                + (f" under {'.'.join(path[:i])}" if i else "")
+                                + (f"; known keys: {', '.join(map(str, known))}" if known else ""))
+            if last:
+                node[part] = value
+            else:
+                node = node[part]
+    return cfg
+
+
+def resolve(method: str, dataset: str, preset_file: str | None = None,
+            overrides: list[str] | dict | None = None) -> dict:
+    """The full configuration of a run (a plain, JSON-serialisable dict)."""
+    cfg: dict = read_yaml(_preset_dir() / "defaults.yaml", "defaults.yaml")
+    dp = dataset_preset(dataset)
+    if dp is not None:
+        cfg = deep_merge(cfg, read_yaml(dp, f"datasets/{dataset}.yaml"))
+    mp = packaged_preset(method, dataset)
+    if mp is not None:
+        cfg = deep_merge(cfg, read_yaml(mp, f"{method}/{mp.name}"))
+    if preset_file:
+        cfg = deep_merge(cfg, read_yaml(Path(preset_file)))
+    if isinstance(overrides, dict):
+        overrides = [f"{k}={json.dumps(v)}" for k, v in overrides.items()]
+    cfg = apply_overrides(cfg, parse_set(overrides))
+    cfg["method"] = method
+    cfg["dataset"] = dataset
+    try:
+        json.dumps(cfg)
+    except TypeError as e:
+        raise UserError(f"configuration is not plain data ({e}); use numbers, strings, lists "
+                        f"and mappings in presets") from None
+    return cfg
+
+
+def config_hash(cfg: dict) -> str:
+    return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()
+
+
+def get(cfg: dict, path: str, default=None):
+    node = cfg
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return default
+        node = node[part]
+    return node

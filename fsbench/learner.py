@@ -1,0 +1,145 @@
+"""The learner contract. Methods implement these; the runners own the loop, evaluation and I/O.
+
+FSL (episodic) learners::
+
+    class MyLearner(FSLLearner):
+        def fit(self, train, ctx): ...                       # optional (pretraining)
+        def embed(self, x): ...                              # optional: frozen feature extractor
+        def predict_episode(self, support, support_labels, query) -> logits  # (Q, way)
+
+If a learner defines :meth:`embed`, the runner extracts every test image's feature once and episodes
+become index operations on the feature matrix; ``support``/``query`` are then features.
+
+FSCIL learners::
+
+    class MyLearner(FSCILLearner):
+        def fit_base(self, session, ctx): ...
+        def learn_session(self, session, ctx): ...
+        def predict(self, x) -> logits over the classes seen so far
+
+With ``frozen_after_base = True`` plus :meth:`embed` and :meth:`predict_features`, the runner
+extracts test features once after the base session and feeds ``session.features`` to
+:meth:`learn_session`.
+
+A method never evaluates itself: it has no access to test labels.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from fsbench.episodes.base import ImageDataset
+
+
+@dataclass
+class DataInfo:
+    """What a learner may know about the data before training."""
+
+    channels: int
+    image_size: int
+    num_classes: int  # all classes the run will see (FSCIL) or train classes (FSL)
+    num_base: int = 0
+    way: int = 0
+    shot: int = 0
+
+
+@dataclass
+class Session:
+    """One FSCIL session as the learner sees it (labels already in session order)."""
+
+    index: int
+    data: ImageDataset  # training images of this session (base session: all base images)
+    new_classes: np.ndarray  # class positions introduced in this session
+    num_seen: int  # classes seen after this session
+    features: Optional[torch.Tensor] = None  # data's features, when the runner caches them
+
+
+class Learner:
+    """Common base: configuration, device and (de)serialisation of state."""
+
+    task = "both"
+    #: The backbone does not change after the base session (enables feature caching).
+    frozen_after_base = False
+
+    def __init__(self, config: dict, info: DataInfo):
+        self.config = dict(config)
+        self.info = info
+        self.device = torch.device("cpu")
+
+    def to(self, device) -> "Learner":
+        self.device = torch.device(device)
+        for m in self.modules().values():
+            m.to(self.device)
+        return self
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        """Named ``nn.Module`` parts (moved to the device and checkpointed)."""
+        return {k: v for k, v in vars(self).items() if isinstance(v, torch.nn.Module)}
+
+    def extra_state(self) -> dict[str, Any]:
+        """Non-module state as tensors / plain Python values (for checkpoints)."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        pass
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"modules": {k: m.state_dict() for k, m in self.modules().items()},
+                "extra": self.extra_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        mods = self.modules()
+        for k, sd in state["modules"].items():
+            mods[k].load_state_dict(sd)
+        self.load_extra_state(state.get("extra", {}))
+
+    def train(self, mode: bool = True) -> None:
+        for m in self.modules().values():
+            m.train(mode)
+
+    def eval(self) -> None:
+        self.train(False)
+
+
+class FSLLearner(Learner):
+    task = "fsl"
+
+    def fit(self, train: ImageDataset, ctx) -> None:
+        """Optional (pre)training on the base split; default: nothing."""
+
+    def predict_episode(self, support: torch.Tensor, support_labels: torch.Tensor,
+                        query: torch.Tensor) -> torch.Tensor:
+        """Logits of shape ``(len(query), way)``; labels are 0..way-1."""
+        raise NotImplementedError
+
+    def predict_episodes(self, support: torch.Tensor, support_labels: torch.Tensor,
+                         query: torch.Tensor) -> torch.Tensor:
+        """Batched form: ``(E, S, ...)``, ``(E, S)``, ``(E, Q, ...)`` -> ``(E, Q, way)``.
+
+        The default loops over :meth:`predict_episode`; transductive methods override it.
+        """
+        return torch.stack([self.predict_episode(s, l, q)
+                            for s, l, q in zip(support, support_labels, query)])
+
+
+class FSCILLearner(Learner):
+    task = "fscil"
+
+    def fit_base(self, session: Session, ctx) -> None:
+        raise NotImplementedError
+
+    def learn_session(self, session: Session, ctx) -> None:
+        raise NotImplementedError
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits over the classes seen so far for a batch of images."""
+        return self.predict_features(self.embed(x))
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def predict_features(self, features: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError

@@ -1,0 +1,104 @@
+"""The FSCIL session runner: learn each session, evaluate on every seen class, checkpoint, log.
+
+For session ``t`` the learner gets a :class:`~fsbench.learner.Session` whose labels are class
+*positions* (base classes first); it is then evaluated top-1 over the test images of all
+``num_base + t * way`` seen classes, the logits restricted to those classes. A learner with
+``frozen_after_base`` is evaluated on test features extracted once after the base session.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fsbench.context import RunContext, derive_seed, seed_everything
+from fsbench.episodes.base import FSCILBenchmark
+from fsbench.learner import FSCILLearner, Session
+from fsbench.metrics import session_metrics, summarize_sessions
+from fsbench.results import atomic_torch_save, load_checkpoint
+
+CHECKPOINT = "checkpoint.pt"
+
+
+def remap(bench: FSCILBenchmark):
+    """Train and test datasets relabelled to class positions; images of classes outside the
+    protocol are dropped."""
+    proto = bench.protocol
+    names = [bench.train.class_names[c] if c < len(bench.train.class_names) else str(c)
+             for c in proto.class_order]
+    out = []
+    for ds in (bench.train, bench.test):
+        pos = proto.position_of(ds.labels)
+        out.append(ds.with_labels(pos, names))
+    return out
+
+
+@torch.no_grad()
+def predict_all(learner: FSCILLearner, ctx: RunContext, test, idx: np.ndarray,
+                features: torch.Tensor | None, num_seen: int) -> np.ndarray:
+    learner.eval()
+    preds = []
+    if features is not None:
+        for s in range(0, len(idx), 4096):
+            f = features[torch.from_numpy(idx[s:s + 4096])].to(ctx.device)
+            preds.append(learner.predict_features(f)[:, :num_seen].argmax(1).cpu())
+    else:
+        for x, _ in ctx.batches(test.subset(idx), batch_size=ctx.get("eval.batch_size", 256)):
+            preds.append(learner.predict(x.to(ctx.device))[:, :num_seen].argmax(1).cpu())
+    return torch.cat(preds).numpy() if preds else np.empty(0, dtype=np.int64)
+
+
+def run_sessions(learner: FSCILLearner, bench: FSCILBenchmark, ctx: RunContext,
+                 run_dir: Path, loggers=(), resume: bool = False,
+                 stop_after: int | None = None) -> dict:
+    """Run every session; returns ``{"sessions": [...], "avg", "pd", "last", "timings"}``.
+
+    ``stop_after`` ends the run after that session (used to test resuming)."""
+    proto = bench.protocol
+    train, test = remap(bench)
+    ckpt_path = Path(run_dir) / CHECKPOINT
+    sessions: list[dict] = []
+    times: list[float] = []
+    start = 0
+    if resume and ckpt_path.exists():
+        state = load_checkpoint(ckpt_path)
+        learner.load_state_dict(state["learner"])
+        sessions, times = list(state["sessions"]), list(state["times"])
+        start = int(state["session"]) + 1
+    test_features = None
+    if ctx.get("select_on_test", False):  # the original CEC/TEEN protocol; flagged in the result
+        ctx.extras["base_test"] = test.subset(proto.test_indices(0, bench.test.labels))
+    for t in range(start, proto.num_sessions):
+        t0 = time.perf_counter()
+        seed_everything(derive_seed(ctx.seed, "session", t))
+        sess = Session(index=t, data=train.subset(proto.train_indices(t)),
+                       new_classes=proto.session_classes(t), num_seen=proto.num_seen(t))
+        if t == 0:
+            learner.train()
+            learner.fit_base(sess, ctx)
+        else:
+            if learner.frozen_after_base:
+                learner.eval()
+                sess.features = ctx.extract(learner.embed, sess.data, desc=f"session {t} shots")
+            learner.learn_session(sess, ctx)
+        if learner.frozen_after_base and test_features is None:
+            learner.eval()
+            test_features = ctx.extract(learner.embed, test, desc="test features")
+        idx = proto.test_indices(t, bench.test.labels)
+        pred = predict_all(learner, ctx, test, idx,
+                           test_features if learner.frozen_after_base else None, sess.num_seen)
+        record = session_metrics(pred, test.labels[idx], proto.num_base, t, sess.num_seen)
+        times.append(time.perf_counter() - t0)
+        record["seconds"] = round(times[-1], 3)
+        sessions.append(record)
+        for lg in loggers:
+            lg.on_session(record)
+        atomic_torch_save(ckpt_path, {"session": t, "learner": learner.state_dict(),
+                                      "sessions": sessions, "times": times})
+        if stop_after is not None and t >= stop_after and t < proto.num_sessions - 1:
+            return {"sessions": sessions, "partial": True, "times": times}
+    out = summarize_sessions(sessions)
+    out["times"] = times
+    return out

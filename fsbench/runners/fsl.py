@@ -1,0 +1,114 @@
+"""The FSL episode runner: (pre)train once, then evaluate on a fixed set of test episodes.
+
+Episodes are drawn once with the largest shot of ``eval.shots`` and frozen into a manifest
+(``episodes.npz`` in the run folder, or ``eval.manifest`` to reuse one), so every method and every
+shot is evaluated on identical episodes; a k-shot task keeps the first k support images per class.
+Learners with ``embed`` are evaluated on features extracted once per test image.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fsbench.context import RunContext, derive_seed, seed_everything
+from fsbench.episodes.base import ArrayDataset, FSLBenchmark, ImageDataset
+from fsbench.episodes.sampler import EpisodeSampler, load_manifest, save_manifest
+from fsbench.errors import UserError
+from fsbench.heads import get_head
+from fsbench.learner import FSLLearner
+from fsbench.metrics import mean_ci95
+from fsbench.results import atomic_torch_save, load_checkpoint
+
+CHECKPOINT = "checkpoint.pt"
+MANIFEST = "episodes.npz"
+
+
+def _images(data: ImageDataset, idx: np.ndarray, ctx: RunContext) -> torch.Tensor:
+    flat = idx.reshape(-1)
+    tf = ctx.test_transform
+    if isinstance(data, ArrayDataset) and tf.is_identity:
+        x = tf.batch(data.load_many(flat))
+    else:
+        x = torch.stack([tf(data.load(int(i))) for i in flat])
+    return x.view(*idx.shape, *x.shape[1:])
+
+
+def evaluate(learner: FSLLearner, test: ImageDataset, ctx: RunContext, run_dir: Path,
+             loggers=()) -> dict:
+    ev = ctx.config.get("eval", {})
+    way, query = int(ev.get("way", 5)), int(ev.get("query", 15))
+    shots = sorted({int(s) for s in ev.get("shots", [1, 5])})
+    n_episodes = int(ev.get("episodes", 600))
+    if min(shots) < 1 or n_episodes < 1:
+        raise UserError("eval.shots and eval.episodes must be positive")
+    manifest_path = Path(ev.get("manifest") or Path(run_dir) / MANIFEST)
+    if manifest_path.exists():
+        episodes = load_manifest(manifest_path, test.labels)
+    else:
+        sampler = EpisodeSampler(test.labels, way, max(shots), query,
+                                 seed=int(ev.get("seed", 0)))
+        episodes = sampler.sample(0, n_episodes)
+        save_manifest(manifest_path, episodes, test.labels,
+                      {"way": way, "shot": max(shots), "query": query, "seed": ev.get("seed", 0)})
+    n_episodes = len(episodes.classes)
+    head = get_head(ctx.config.get("head"), ctx.config)
+    learner.eval()
+    features = None
+    if hasattr(learner, "embed"):
+        features = ctx.extract(learner.embed, test, desc="test features")
+    elif head is not None:
+        raise UserError(f"head={ctx.config.get('head')}: this learner has no embed(); heads need "
+                        f"features")
+    predict = head or learner.predict_episodes
+    chunk = int(ev.get("episodes_per_batch", 100))
+    out = {}
+    for k in shots:
+        eps = episodes.with_shot(k)
+        accs = []
+        for s in ctx.bar(range(0, n_episodes, chunk), f"{k}-shot episodes"):
+            sup = eps.support[s:s + chunk].reshape(len(eps.support[s:s + chunk]), -1)
+            qry = eps.query[s:s + chunk].reshape(len(eps.query[s:s + chunk]), -1)
+            e = len(sup)
+            sl = torch.arange(way).repeat_interleave(k).expand(e, -1)
+            ql = torch.arange(way).repeat_interleave(query).expand(e, -1)
+            if features is not None:
+                xs, xq = features[torch.from_numpy(sup)], features[torch.from_numpy(qry)]
+            else:
+                xs, xq = _images(test, sup, ctx), _images(test, qry, ctx)
+            with torch.no_grad():
+                logits = predict(xs.to(ctx.device), sl.to(ctx.device), xq.to(ctx.device))
+            if not torch.isfinite(logits).all():
+                bad = s + int((~torch.isfinite(logits)).flatten(1).any(1).nonzero()[0])
+                raise UserError(f"{ctx.config['method']}: non-finite logits in episode {bad}; "
+                                f"check the features (NaN/inf) or lower the learning rate")
+            acc = (logits.argmax(-1).cpu() == ql).float().mean(1) * 100
+            accs.extend(acc.tolist())
+        mean, ci = mean_ci95(accs)
+        rec = {"mean": mean, "ci95": ci, "n_episodes": len(accs), "per_episode": accs}
+        out[str(k)] = rec
+        for lg in loggers:
+            lg.on_shot(k, rec)
+    return {"shots": out, "way": way, "query": query, "episodes": n_episodes,
+            "manifest": str(manifest_path)}
+
+
+def run_fsl(learner: FSLLearner, bench: FSLBenchmark, ctx: RunContext, run_dir: Path,
+            loggers=(), resume: bool = False) -> dict:
+    ckpt = Path(run_dir) / CHECKPOINT
+    t0 = time.perf_counter()
+    if resume and ckpt.exists():
+        learner.load_state_dict(load_checkpoint(ckpt)["learner"])
+    else:
+        seed_everything(derive_seed(ctx.seed, "fit"))
+        ctx.extras["val"] = bench.val
+        learner.train()
+        learner.fit(bench.train, ctx)
+        atomic_torch_save(ckpt, {"stage": "fit", "learner": learner.state_dict()})
+    fit_s = time.perf_counter() - t0
+    seed_everything(derive_seed(ctx.seed, "eval"))
+    metrics = evaluate(learner, bench.test, ctx, run_dir, loggers)
+    metrics["times"] = [fit_s, time.perf_counter() - t0 - fit_s]
+    return metrics

@@ -1,0 +1,1 @@
+"""Few-shot class-incremental learning methods (FSCIL)."""
