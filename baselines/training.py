@@ -101,7 +101,7 @@ def train_supervised(backbone: nn.Module, head: nn.Module, data: ImageDataset, c
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            tot += float(loss) * len(y)
+            tot += loss.item() * len(y)
             n += len(y)
         sched.step()
         rec = {"epoch": epoch, "loss": tot / max(1, n)}

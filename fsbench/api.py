@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import torch
 
 from fsbench import config as _config
 from fsbench import transforms as _transforms
-from fsbench.context import RunContext, resolve_device
+from fsbench.context import RunContext, derive_seed, resolve_device, seed_everything
 from fsbench.errors import UserError
 from fsbench.learner import DataInfo
 from fsbench.loggers import ConsoleLogger, FileLogger, JSONLinesLogger, Logger
@@ -94,6 +95,7 @@ def run(method: str, dataset: str, *, data_root=None, preset: str | None = None,
     else:
         info = DataInfo(channels=channels, image_size=int(sample.shape[0]),
                         num_classes=bench.train.num_classes)
+    seed_everything(derive_seed(seed, "init"))  # parameter initialisation is part of the seed
     learner = entry.obj(cfg, info).to(dev)
 
     if resume is None:
@@ -111,13 +113,19 @@ def run(method: str, dataset: str, *, data_root=None, preset: str | None = None,
         lg.on_start({"method": method, "dataset": dataset, "seed": seed, "run_dir": str(run_dir),
                      "resume": resume is not None})
     t0 = time.perf_counter()
-    if task == "fscil":
-        from fsbench.runners.fscil import run_sessions
-        metrics = run_sessions(learner, bench, ctx, run_dir, loggers, resume=resume is not None,
-                               stop_after=stop_after)
-    else:
-        from fsbench.runners.fsl import run_fsl
-        metrics = run_fsl(learner, bench, ctx, run_dir, loggers, resume=resume is not None)
+    try:
+        if task == "fscil":
+            from fsbench.runners.fscil import run_sessions
+            metrics = run_sessions(learner, bench, ctx, run_dir, loggers,
+                                   resume=resume is not None, stop_after=stop_after)
+        else:
+            from fsbench.runners.fsl import run_fsl
+            metrics = run_fsl(learner, bench, ctx, run_dir, loggers, resume=resume is not None)
+    except UserError:
+        # A run refused before its first checkpoint leaves nothing behind.
+        if resume is None and not (run_dir / "checkpoint.pt").exists():
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     times = metrics.pop("times", [])
     partial = bool(metrics.pop("partial", False))
     backbone = _config.get(cfg, "backbone.name")
@@ -142,8 +150,6 @@ def run(method: str, dataset: str, *, data_root=None, preset: str | None = None,
         "started": started, "finished": now_iso(), "run_dir": str(run_dir),
     }
     result["flags"]["generated_split"] = bool(result["split"]["generated"])
-    if task == "fsl":
-        result["metrics"].pop("manifest", None)
     atomic_write_json(run_dir / RESULT_FILE, result)
     if not partial:
         for lg in loggers:

@@ -21,11 +21,10 @@ def session_metrics(pred: np.ndarray, target: np.ndarray, num_base: int, session
     correct = pred == target
     base = target < num_base
     acc = 100.0 * correct.mean() if len(correct) else float("nan")
-    base_acc = 100.0 * correct[base].mean() if base.any() else None
-    novel_acc = 100.0 * correct[~base].mean() if (~base).any() else None
+    base_acc = float(100.0 * correct[base].mean()) if base.any() else None
+    novel_acc = float(100.0 * correct[~base].mean()) if (~base).any() else None
     return {"session": session, "num_seen": num_seen, "acc": float(acc),
-            "base_acc": None if base_acc is None else float(base_acc),
-            "novel_acc": None if novel_acc is None else float(novel_acc),
+            "base_acc": base_acc, "novel_acc": novel_acc,
             "hm": harmonic_mean(base_acc, novel_acc), "num_test": int(len(target))}
 
 

@@ -36,23 +36,37 @@ def _images(data: ImageDataset, idx: np.ndarray, ctx: RunContext) -> torch.Tenso
     return x.view(*idx.shape, *x.shape[1:])
 
 
-def evaluate(learner: FSLLearner, test: ImageDataset, ctx: RunContext, run_dir: Path,
-             loggers=()) -> dict:
+def eval_settings(ctx: RunContext) -> tuple[int, list[int], int, int]:
     ev = ctx.config.get("eval", {})
     way, query = int(ev.get("way", 5)), int(ev.get("query", 15))
     shots = sorted({int(s) for s in ev.get("shots", [1, 5])})
     n_episodes = int(ev.get("episodes", 600))
-    if min(shots) < 1 or n_episodes < 1:
-        raise UserError("eval.shots and eval.episodes must be positive")
+    if not shots or min(shots) < 1 or n_episodes < 1 or way < 2 or query < 1:
+        raise UserError("eval: way >= 2 and shots, query, episodes >= 1 are needed; "
+                        f"got way={way} shots={shots} query={query} episodes={n_episodes}")
+    return way, shots, query, n_episodes
+
+
+def prepare_episodes(test: ImageDataset, ctx: RunContext, run_dir: Path):
+    """The fixed test episodes: loaded from ``eval.manifest`` / the run's manifest, or drawn once
+    (with the largest shot) and saved."""
+    ev = ctx.config.get("eval", {})
+    way, shots, query, n_episodes = eval_settings(ctx)
     manifest_path = Path(ev.get("manifest") or Path(run_dir) / MANIFEST)
     if manifest_path.exists():
-        episodes = load_manifest(manifest_path, test.labels)
-    else:
-        sampler = EpisodeSampler(test.labels, way, max(shots), query,
-                                 seed=int(ev.get("seed", 0)))
-        episodes = sampler.sample(0, n_episodes)
-        save_manifest(manifest_path, episodes, test.labels,
-                      {"way": way, "shot": max(shots), "query": query, "seed": ev.get("seed", 0)})
+        return load_manifest(manifest_path, test.labels)[0]
+    sampler = EpisodeSampler(test.labels, way, max(shots), query, seed=int(ev.get("seed", 0)))
+    episodes = sampler.sample(0, n_episodes)
+    save_manifest(manifest_path, episodes, test.labels,
+                  {"way": way, "shot": max(shots), "query": query, "seed": ev.get("seed", 0)})
+    return episodes
+
+
+def evaluate(learner: FSLLearner, test: ImageDataset, ctx: RunContext, run_dir: Path,
+             loggers=(), episodes=None) -> dict:
+    way, shots, query, _ = eval_settings(ctx)
+    if episodes is None:
+        episodes = prepare_episodes(test, ctx, run_dir)
     n_episodes = len(episodes.classes)
     head = get_head(ctx.config.get("head"), ctx.config)
     learner.eval()
@@ -63,7 +77,7 @@ def evaluate(learner: FSLLearner, test: ImageDataset, ctx: RunContext, run_dir: 
         raise UserError(f"head={ctx.config.get('head')}: this learner has no embed(); heads need "
                         f"features")
     predict = head or learner.predict_episodes
-    chunk = int(ev.get("episodes_per_batch", 100))
+    chunk = int(ctx.get("eval.episodes_per_batch", 100))
     out = {}
     for k in shots:
         eps = episodes.with_shot(k)
@@ -91,13 +105,13 @@ def evaluate(learner: FSLLearner, test: ImageDataset, ctx: RunContext, run_dir: 
         out[str(k)] = rec
         for lg in loggers:
             lg.on_shot(k, rec)
-    return {"shots": out, "way": way, "query": query, "episodes": n_episodes,
-            "manifest": str(manifest_path)}
+    return {"shots": out, "way": way, "query": query, "episodes": n_episodes}
 
 
 def run_fsl(learner: FSLLearner, bench: FSLBenchmark, ctx: RunContext, run_dir: Path,
             loggers=(), resume: bool = False) -> dict:
     ckpt = Path(run_dir) / CHECKPOINT
+    episodes = prepare_episodes(bench.test, ctx, run_dir)  # fail early on impossible episodes
     t0 = time.perf_counter()
     if resume and ckpt.exists():
         learner.load_state_dict(load_checkpoint(ckpt)["learner"])
@@ -109,6 +123,6 @@ def run_fsl(learner: FSLLearner, bench: FSLBenchmark, ctx: RunContext, run_dir: 
         atomic_torch_save(ckpt, {"stage": "fit", "learner": learner.state_dict()})
     fit_s = time.perf_counter() - t0
     seed_everything(derive_seed(ctx.seed, "eval"))
-    metrics = evaluate(learner, bench.test, ctx, run_dir, loggers)
+    metrics = evaluate(learner, bench.test, ctx, run_dir, loggers, episodes)
     metrics["times"] = [fit_s, time.perf_counter() - t0 - fit_s]
     return metrics
