@@ -1,0 +1,109 @@
+"""tieredImageNet (``tieredimagenet``, FSL) in the Ren et al. (2018) pickle format.
+
+Layout: ``<root>/tiered-imagenet/`` (also ``tieredimagenet``, ``tiered_imagenet`` or the data root
+itself) with ``{train,val,test}_images_png.pkl`` (a list of PNG-encoded 84x84 images) and
+``{train,val,test}_labels.pkl`` (a dict whose ``label_specific`` gives each image's class; the
+optional ``label_specific_str`` names the classes). Splits: 351 / 97 / 160 classes (448,695 /
+124,261 / 206,209 images).
+
+The pickles are read with ``pickle.load`` - only the user's own files in the data root, never
+anything supplied by others (a pickle can run code when loaded). The PNG bytes are decoded on
+access; ``fsbench data prepare --dataset tieredimagenet`` decodes them once into a memory-mapped
+cache, which later runs use automatically.
+
+Labels are the native ``label_specific`` ids of each split. Options: ``resolution`` (default
+84), ``use_prepared``, ``skip_corrupt``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from fsbench.errors import UserError
+from fsbench.registry import register_dataset
+
+from .prepare import (COMMON_OPTIONS, EncodedImages, Split, check_options, file_stamp,
+                      fsl_benchmark, read_user_pickle, require_root, resolution_option)
+
+NATIVE = 84
+FOLDERS = ("tiered-imagenet", "tieredimagenet", "tiered_imagenet", ".")
+SPLITS = {"train": (351, 448695), "val": (97, 124261), "test": (160, 206209)}
+LAYOUT = "tiered-imagenet/{train,val,test}_images_png.pkl + {train,val,test}_labels.pkl"
+FIX = "download the tieredImageNet pickles again"
+
+
+def folder(root: Path | None) -> Path:
+    root = require_root("tieredimagenet", root, "tiered-imagenet/train_images_png.pkl")
+    need = [f"{s}_{k}.pkl" for s in SPLITS for k in ("images_png", "labels")]
+    for sub in FOLDERS:
+        d = root if sub == "." else root / sub
+        if all((d / n).is_file() for n in need):
+            return d
+    for sub in FOLDERS:
+        d = root if sub == "." else root / sub
+        if d.is_dir() and any((d / n).is_file() for n in need):
+            gone = [n for n in need if not (d / n).is_file()]
+            raise UserError(f"{d} lacks {', '.join(gone)}; expected {root}/{LAYOUT}")
+    raise UserError(f"expected {root}/tiered-imagenet/train_images_png.pkl (the Ren et al. "
+                    f"pickles: {LAYOUT})")
+
+
+def read_labels(path: Path) -> tuple[np.ndarray, list | None]:
+    obj = read_user_pickle(path, FIX)
+    if not isinstance(obj, dict) or "label_specific" not in obj:
+        raise UserError(f"{path}: expected a dict with 'label_specific' (Ren et al. format)")
+    labels = np.asarray(obj["label_specific"]).astype(np.int64).reshape(-1)
+    names = obj.get("label_specific_str")
+    names = [str(n) for n in names] if names is not None and len(names) else None
+    return labels, names
+
+
+def _split(d: Path, s: str) -> Split:
+    k, n = SPLITS[s]
+    img_path, lab_path = d / f"{s}_images_png.pkl", d / f"{s}_labels.pkl"
+
+    def load(res):
+        labels, names = read_labels(lab_path)
+        blobs = read_user_pickle(img_path, FIX)
+        if isinstance(blobs, np.ndarray) and blobs.dtype != object:
+            raise UserError(f"{img_path}: expected a list of PNG-encoded images, got an array "
+                            f"{blobs.dtype} {blobs.shape}")
+        try:
+            count = len(blobs)
+        except TypeError:
+            raise UserError(f"{img_path}: expected a list of PNG-encoded images") from None
+        if count != len(labels):
+            raise UserError(f"{img_path} holds {count} images but {lab_path} has {len(labels)} "
+                            f"labels")
+        blobs = [b.encode("latin1") if isinstance(b, str) else b for b in blobs]
+        num = int(labels.max()) + 1 if len(labels) else 0
+        if names is None or len(names) < num:
+            names = [f"{s}{i:03d}" for i in range(num)]
+        classes = len(np.unique(labels))
+        if classes != k or labels.min() < 0:
+            raise UserError(f"{lab_path}: {classes} classes (label_specific), the tieredImageNet "
+                            f"{s} split has {k}; the pickle is incomplete or another split")
+        return EncodedImages(blobs, labels, names, "tieredimagenet", "RGB", res,
+                             origin=f"{img_path} item")
+    return Split("tieredimagenet", s, load, file_stamp(img_path, lab_path), None,
+                 {"images": n, "classes": k})
+
+
+def tiered_splits(root, task: str, options: dict) -> dict:
+    d = folder(root)
+    return {s: _split(d, s) for s in SPLITS}
+
+
+def build_tiered(root, task: str, options: dict):
+    o = check_options("tieredimagenet", options, COMMON_OPTIONS)
+    if task != "fsl":
+        raise UserError("tieredimagenet is an FSL benchmark; it has no FSCIL protocol")
+    res = resolution_option("tieredimagenet", o, NATIVE)
+    return fsl_benchmark("tieredimagenet", tiered_splits(root, task, o), res, o,
+                         {"root": str(root), "format": LAYOUT, "class_split": "ren 351/97/160"})
+
+
+register_dataset("tieredimagenet", task="fsl", summary="tieredImageNet (Ren et al. pickles, "
+                 "351/97/160 classes)", splits=tiered_splits, layout=LAYOUT,
+                 resolution=NATIVE)(build_tiered)
