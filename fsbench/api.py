@@ -54,7 +54,7 @@ def _split_identity(bench, metrics: dict, cfg: dict) -> dict:
             "shots": [int(k) for k in metrics["shots"]], "episodes": metrics["episodes"]}
 
 
-def run(method: str, dataset: str, *, data_root=None, preset: str | None = None,
+def run(method: str, dataset: str, *, data_root=None, split_dir=None, preset: str | None = None,
         overrides: list[str] | dict | None = None, seed: int | None = None,
         device: str | None = None, out_dir: str | Path = "runs", resume: str | Path | None = None,
         loggers: list[Logger] | None = None, progress: bool = True,
@@ -72,6 +72,7 @@ def run(method: str, dataset: str, *, data_root=None, preset: str | None = None,
         try:
             method, dataset, cfg = inv["method"], inv["dataset"], inv["config"]
             seed, data_root = int(inv["seed"]), inv.get("data_root")
+            split_dir = inv.get("split_dir")
         except (KeyError, TypeError, ValueError):
             raise UserError(f"{run_dir / RUN_FILE} is not a fsbench run file; start a new run") \
                 from None
@@ -83,8 +84,10 @@ def run(method: str, dataset: str, *, data_root=None, preset: str | None = None,
     entry = METHODS.get(method)
     task = entry.task
     dev = resolve_device(device or cfg.get("device"))
-    bench = load_benchmark(dataset, task, data_root, cfg.get("data", {}).get("options", {})
-                           if isinstance(cfg.get("data"), dict) else {})
+    options = dict(_config.get(cfg, "data.options", {}) or {})
+    if split_dir:
+        options["split_dir"] = str(split_dir)
+    bench = load_benchmark(dataset, task, data_root, options)
     channels = bench.train.channels
     ctx = build_context(cfg, channels, dev, seed, progress)
     sample = bench.train.load(0)
@@ -103,6 +106,7 @@ def run(method: str, dataset: str, *, data_root=None, preset: str | None = None,
         atomic_write_json(run_dir / RUN_FILE, {
             "method": method, "dataset": dataset, "seed": seed, "config": cfg,
             "data_root": str(data_root) if data_root else os.environ.get("FSBENCH_DATA"),
+            "split_dir": str(split_dir) if split_dir else None,
             "device": device, "created": now_iso()})
     if loggers is None:
         loggers = [ConsoleLogger()]

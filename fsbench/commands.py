@@ -12,7 +12,8 @@ def cmd_run(args) -> int:
     if args.resume is None and (not args.method or not args.dataset):
         raise UserError("fsbench run needs --method and --dataset (or --resume RUN_DIR); "
                         "`fsbench list` shows the choices")
-    run(args.method, args.dataset, data_root=args.data_root, preset=args.preset,
+    run(args.method, args.dataset, data_root=args.data_root, split_dir=args.split_dir,
+        preset=args.preset,
         overrides=args.set, seed=args.seed, device=args.device, out_dir=args.out,
         resume=args.resume, progress=not args.no_progress)
     return 0
@@ -48,6 +49,8 @@ def add_commands(sub) -> None:
     p.add_argument("--method", help="method name (fsbench list)")
     p.add_argument("--dataset", help="dataset name (fsbench list)")
     p.add_argument("--data-root", help="folder holding the dataset (default $FSBENCH_DATA)")
+    p.add_argument("--split-dir", help="the official FSCIL index_list folder (TOPIC/CEC), "
+                   "verified by checksum; without it a seeded split is generated")
     p.add_argument("--preset", help="a YAML file merged over the packaged preset")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a preset key, e.g. --set train.epochs=3 (repeatable)")
