@@ -1,0 +1,1 @@
+"""Published numbers, submissions, rendering and regression."""
