@@ -48,6 +48,9 @@ _FACTORIES: dict[str, Callable] = {
     "random_resized_crop": lambda size, scale=(0.08, 1.0): v2.RandomResizedCrop(
         size, scale=tuple(scale), antialias=True),
     "hflip": lambda p=0.5: v2.RandomHorizontalFlip(p),
+    "vflip": lambda p=0.5: v2.RandomVerticalFlip(p),
+    "rand_augment": lambda num_ops=2, magnitude=9, num_magnitude_bins=31: v2.RandAugment(
+        num_ops, magnitude, num_magnitude_bins),
     "color_jitter": lambda brightness=0.4, contrast=0.4, saturation=0.4, hue=0.0, p=1.0:
         v2.RandomApply([v2.ColorJitter(brightness, contrast, saturation, hue)], p=p),
     "grayscale": lambda p=1.0, channels=3: v2.RandomApply(

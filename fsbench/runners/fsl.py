@@ -16,7 +16,7 @@ import torch
 from fsbench.context import RunContext, derive_seed, seed_everything
 from fsbench.episodes.base import ArrayDataset, FSLBenchmark, ImageDataset
 from fsbench.episodes.sampler import EpisodeSampler, load_manifest, save_manifest
-from fsbench.errors import UserError
+from fsbench.errors import EpisodeError, UserError
 from fsbench.heads import get_head
 from fsbench.learner import FSLLearner
 from fsbench.metrics import mean_ci95
@@ -93,7 +93,10 @@ def evaluate(learner: FSLLearner, test: ImageDataset, ctx: RunContext, run_dir: 
             else:
                 xs, xq = _images(test, sup, ctx), _images(test, qry, ctx)
             with torch.no_grad():
-                logits = predict(xs.to(ctx.device), sl.to(ctx.device), xq.to(ctx.device))
+                try:
+                    logits = predict(xs.to(ctx.device), sl.to(ctx.device), xq.to(ctx.device))
+                except EpisodeError as e:  # position in this chunk -> global episode index
+                    raise e.shifted(s) from None
             if not torch.isfinite(logits).all():
                 bad = s + int((~torch.isfinite(logits)).flatten(1).any(1).nonzero()[0])
                 raise UserError(f"{ctx.config['method']}: non-finite logits in episode {bad}; "
