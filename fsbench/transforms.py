@@ -78,7 +78,7 @@ class Pipeline:
         self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
 
     def __call__(self, img: np.ndarray) -> torch.Tensor:
-        t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)
+        t = torch.from_numpy(np.require(img, requirements=("C", "W"))).permute(2, 0, 1)
         for s in self.steps:
             t = s(t)
         return (t.float().div_(255.0) - self.mean) / self.std
@@ -90,7 +90,7 @@ class Pipeline:
 
     def batch(self, imgs: np.ndarray) -> torch.Tensor:
         """Apply an identity pipeline to a ``(N,H,W,C)`` uint8 batch at once."""
-        t = torch.from_numpy(np.ascontiguousarray(imgs)).permute(0, 3, 1, 2)
+        t = torch.from_numpy(np.require(imgs, requirements=("C", "W"))).permute(0, 3, 1, 2)
         return (t.float().div_(255.0) - self.mean) / self.std
 
 
