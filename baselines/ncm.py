@@ -26,6 +26,11 @@ class PrototypeFSCIL(FSCILLearner):
 
     def __init__(self, config: dict, info: DataInfo):
         super().__init__(config, info)
+        if config.get("pretraining") == "imagenet" and not (config.get("backbone") or {}).get(
+                "weights"):
+            raise UserError("pretraining: imagenet needs ImageNet weights: pass --set "
+                            "backbone.weights=PATH (torchvision's resnet18-f37072fd.pth), or "
+                            "--set pretraining=none to train the backbone from scratch")
         self.backbone = build_backbone(config.get("backbone", {}), info.channels)
         scale = float(config.get("classifier", {}).get("scale", 16.0))
         if scale <= 0:

@@ -1,1 +1,2 @@
 """Few-shot class-incremental learning methods (FSCIL)."""
+from . import teen  # noqa: F401  (registration)
