@@ -31,3 +31,27 @@ def test_ncm_glyphs_fscil_sessions(ncm_glyphs):
     assert accs[-1] < accs[0] and min(accs) >= 20.0, accs
     assert all(x["novel_acc"] >= 10.0 for x in s[1:]), [x["novel_acc"] for x in s]
     assert ncm_glyphs["split"]["generated"] is False
+
+
+def test_real_glyphs_round_trip_submit_leaderboard_regress(ncm_glyphs, tmp_path, capsys):
+    """A real run -> fsbench submit -> fsbench leaderboard -> fsbench regress, in a copy of the
+    packaged leaderboard folder (the repository's folder is never touched)."""
+    import shutil
+    from pathlib import Path
+
+    import fsbench.leaderboard as lbpkg
+    from fsbench.cli import main
+
+    lb = tmp_path / "lb"
+    shutil.copytree(Path(lbpkg.__file__).parent / "published", lb / "published")
+    assert main(["submit", ncm_glyphs["run_dir"], "--leaderboard-dir", str(lb)]) == 0
+    (sub,) = (lb / "submissions" / "glyphs").glob("ncm-*.json")
+    capsys.readouterr()
+    assert main(["leaderboard", "--dataset", "glyphs", "--format", "csv",
+                 "--leaderboard-dir", str(lb)]) == 0
+    csv = capsys.readouterr().out
+    row = next(r for r in csv.splitlines() if ",reproduced,ncm," in r)
+    last = float(row.split(",")[9 + 8])  # session_8
+    assert abs(last - ncm_glyphs["metrics"]["sessions"][-1]["acc"]) < 0.01
+    assert main(["regress", "--leaderboard-dir", str(lb)]) == 0
+    assert sub.is_file()
