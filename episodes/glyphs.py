@@ -54,7 +54,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +62,7 @@ import numpy as np
 
 from fsbench.episodes.base import ArrayDataset, FSCILBenchmark, FSLBenchmark
 from fsbench.episodes.protocol import PRESETS, SessionProtocol, fingerprint
+from fsbench.atomic import atomic_open
 from fsbench.errors import UserError
 from fsbench.registry import register_dataset
 
@@ -241,14 +241,8 @@ def _sha(a: np.ndarray) -> str:
 
 
 def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "wb") as f:
+        write(f)
 
 
 def _data(images: np.ndarray, meta: dict) -> GlyphsData:

@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from numbers import Integral
 from pathlib import Path
@@ -39,6 +37,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from fsbench.atomic import atomic_open
 from fsbench.errors import UserError
 
 __all__ = [
@@ -393,7 +392,7 @@ class EpisodeSampler:
         if isinstance(count, bool) or not isinstance(count, Integral) or count < 0:
             raise UserError(f"episode count must be a non-negative integer, got {count!r}")
         start, count = int(start), int(count)
-        w, need = self.way, self.shot + self.query
+        w = self.way
         classes = np.empty((count, w), dtype=np.int64)
         support = np.empty((count, w, self.shot), dtype=np.int64)
         query = np.empty((count, w, self.query), dtype=np.int64)
@@ -577,21 +576,8 @@ def save_manifest(path, episodes: Episodes, labels, meta: dict | None = None) ->
         "checksum": np.array(_checksum(classes, support, query, episodes.start, label_sha,
                                        meta_json)),
     }
-    directory = path.parent if str(path.parent) else Path(".")
-    directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with atomic_open(path, "wb") as f:
+        np.savez_compressed(f, **arrays)
     return path
 
 

@@ -1,10 +1,9 @@
 """Accuracy-vs-session plots (matplotlib, Agg backend): published dashed, ours solid."""
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
+from fsbench.atomic import atomic_open
 from fsbench.errors import UserError
 
 from . import schema
@@ -67,14 +66,9 @@ def plot(lb: Leaderboard, dataset: str, methods: list[str] | None, output: str |
     ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, output)
+        with atomic_open(output, "wb") as f:
+            fig.savefig(f, format="png")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return output
