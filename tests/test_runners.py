@@ -43,8 +43,8 @@ def test_fscil_runner_writes_self_describing_result(tmp_path):
 def test_resume_gives_identical_numbers(tmp_path):
     full = api.run("ncm", "synthetic", overrides=FAST, out_dir=tmp_path / "a", progress=False)
     part = api.run("ncm", "synthetic", overrides=FAST, out_dir=tmp_path / "b", progress=False,
-                   stop_after=2)
-    assert part["status"] == "partial" and len(part["metrics"]["sessions"]) == 3
+                   stop_after=3)  # interrupted after session 3
+    assert part["status"] == "partial" and len(part["metrics"]["sessions"]) == 4
     resumed = api.run(None, None, resume=part["run_dir"], progress=False)
     assert resumed["status"] == "complete"
     strip = lambda m: [{k: v for k, v in s.items() if k != "seconds"} for s in m["sessions"]]  # noqa: E731
