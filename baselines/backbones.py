@@ -4,6 +4,7 @@
 * ``resnet12`` - the FSL ResNet-12 (Lee et al. 2019, MetaOptNet; 64-160-320-640), no DropBlock.
 * ``resnet18`` - torchvision's ResNet-18 (He et al. 2016), 512-d; ``cifar_stem: true`` swaps the
   7x7/stride-2 stem and max-pool for a 3x3/stride-1 stem. Loads torchvision checkpoints.
+* ``resnet50`` - torchvision's ResNet-50 trunk, 2048-d (BECLR).
 * ``resnet20`` - the CIFAR ResNet-20 of TOPIC/CEC/TEEN (3 stages x 3 basic blocks, 16-32-64).
 
 Every backbone maps ``(B, C, H, W)`` to ``(B, out_dim)`` (global average pooling).
@@ -99,12 +100,15 @@ class ResNet20(nn.Module):
         return F.adaptive_avg_pool2d(x, 1).flatten(1)
 
 
-class ResNet18(nn.Module):
-    """torchvision ResNet-18 trunk (same parameter names, so torchvision checkpoints load)."""
+class TorchvisionResNet(nn.Module):
+    """A torchvision ResNet trunk (same parameter names, so torchvision checkpoints load)."""
+
+    depth = 18
+    out_dim = 512
 
     def __init__(self, in_channels: int = 3, cifar_stem: bool = False):
         super().__init__()
-        net = torchvision.models.resnet18(weights=None)
+        net = getattr(torchvision.models, f"resnet{self.depth}")(weights=None)
         if cifar_stem or in_channels != 3:
             k, s, p = (3, 1, 1) if cifar_stem else (7, 2, 3)
             net.conv1 = nn.Conv2d(in_channels, 64, k, s, p, bias=False)
@@ -112,10 +116,23 @@ class ResNet18(nn.Module):
             net.maxpool = nn.Identity()
         net.fc = nn.Identity()
         self.net = net
-        self.out_dim = 512
 
     def forward(self, x):
         return self.net(x)
+
+
+class ResNet50(TorchvisionResNet):
+    """torchvision ResNet-50 trunk, 2048-d (BECLR's RN-50 encoder)."""
+
+    depth = 50
+    out_dim = 2048
+
+
+class ResNet18(TorchvisionResNet):
+    """torchvision ResNet-18 trunk, 512-d; loads torchvision's ImageNet checkpoint."""
+
+    depth = 18
+    out_dim = 512
 
     def load_torchvision(self, path: str | Path) -> None:
         """Load a torchvision ``resnet18`` state dict (``fc.*`` is ignored)."""
@@ -157,6 +174,7 @@ _BUILDERS = {
     "resnet12": lambda c, **kw: ResNet12(c, **kw),
     "resnet18": lambda c, **kw: ResNet18(c, **kw),
     "resnet20": lambda c, **kw: ResNet20(c, **kw),
+    "resnet50": lambda c, **kw: ResNet50(c, **kw),
 }
 
 

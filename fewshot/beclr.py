@@ -74,6 +74,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from fsbench.baselines.backbones import ResNet50, build_backbone
 from fsbench.errors import UserError
 from fsbench.learner import DataInfo, FSLLearner
 from fsbench.registry import register_method
@@ -85,27 +86,6 @@ __all__ = ["BECLR", "Trainer", "DyCE", "BECLRLoss", "memory_size", "effective_ep
 
 
 # ------------------------------------------------------------------------------------ networks
-class ResNet50(nn.Module):
-    """torchvision ResNet-50 trunk, 2048-d pooled output (BECLR's RN-50 encoder)."""
-
-    def __init__(self, in_channels: int = 3, cifar_stem: bool = False):
-        super().__init__()
-        import torchvision
-
-        net = torchvision.models.resnet50(weights=None)
-        if cifar_stem or in_channels != 3:
-            k, s, p = (3, 1, 1) if cifar_stem else (7, 2, 3)
-            net.conv1 = nn.Conv2d(in_channels, 64, k, s, p, bias=False)
-        if cifar_stem:
-            net.maxpool = nn.Identity()
-        net.fc = nn.Identity()
-        self.net = net
-        self.out_dim = 2048
-
-    def forward(self, x):
-        return self.net(x)
-
-
 def build_encoder(cfg: dict, in_channels: int) -> nn.Module:
     cfg = dict(cfg or {})
     if cfg.get("name") == "resnet50":
@@ -117,8 +97,6 @@ def build_encoder(cfg: dict, in_channels: int) -> nn.Module:
             return ResNet50(in_channels, **opts)
         except TypeError as e:
             raise UserError(f"backbone: bad option for resnet50: {e}") from e
-    from fsbench.baselines.backbones import build_backbone
-
     return build_backbone(cfg, in_channels)
 
 
