@@ -39,6 +39,7 @@ import numpy as np
 
 from fsbench.atomic import atomic_open
 from fsbench.errors import UserError
+from fsbench.jsonio import json_default
 
 __all__ = [
     "ALGORITHM",
@@ -529,18 +530,6 @@ def materialize(dataset, episodes, *, device=None, dtype=None, scale: float | No
 
 
 # -- manifests ---------------------------------------------------------------------------------
-def _json_default(o):
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"manifest meta value of type {type(o).__name__} is not JSON-serialisable")
-
-
 def _checksum(classes, support, query, start, label_sha, meta_json) -> str:
     h = hashlib.sha256()
     for a in (classes, support, query):
@@ -559,7 +548,7 @@ def save_manifest(path, episodes: Episodes, labels, meta: dict | None = None) ->
     """
     path = Path(path)
     label_sha = labels_sha256(labels)
-    meta_json = json.dumps(dict(meta or {}), sort_keys=True, default=_json_default)
+    meta_json = json.dumps(dict(meta or {}), sort_keys=True, default=json_default)
     classes = np.ascontiguousarray(episodes.classes, dtype=np.int64)
     support = np.ascontiguousarray(episodes.support, dtype=np.int64)
     query = np.ascontiguousarray(episodes.query, dtype=np.int64)

@@ -14,7 +14,6 @@
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import sys
@@ -280,16 +279,9 @@ def cmd_prepare(args) -> int:
 
 
 # ---------------------------------------------------------------------------------- download
-def _md5(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def cmd_download(args) -> int:
     from fsbench.episodes import cifar
+    from fsbench.episodes.fscil_splits import file_digest
 
     name = args.dataset
     if name not in ("cifar100", "cifarfs", "fc100"):
@@ -317,7 +309,7 @@ def cmd_download(args) -> int:
         print(f"downloading {cifar.URL}")
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(cifar.URL, timeout=60) as r:
             shutil.copyfileobj(r, out, 1 << 20)
-        got = _md5(tmp)
+        got = file_digest(tmp, "md5")
         if got != cifar.MD5:
             raise UserError(f"downloaded {cifar.URL} has md5 {got}, expected {cifar.MD5} "
                             f"(cifar-100-python.tar.gz); try again")

@@ -15,24 +15,13 @@ import torch
 
 from fsbench.atomic import atomic_write_bytes
 from fsbench.errors import UserError
+from fsbench.jsonio import json_default
 
 RESULT_SCHEMA = "fsbench.result/1"
 
 
-def _json_default(o):
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
 def atomic_write_json(path: str | Path, obj: Any) -> None:
-    text = json.dumps(obj, indent=2, sort_keys=False, default=_json_default, allow_nan=False)
+    text = json.dumps(obj, indent=2, sort_keys=False, default=json_default, allow_nan=False)
     atomic_write_bytes(path, (text + "\n").encode())
 
 
