@@ -5,10 +5,10 @@ extracted (``fsbench data download cifar100`` fetches and checks it). ``train``/
 ``data`` (N x 3072 uint8, planar RGB of 32x32 images), ``fine_labels`` (0-99) and
 ``coarse_labels`` (0-19); ``meta`` the class names (fine ids are alphabetical).
 
-Security note: these pickles are the dataset's standard distribution format, so they are read
-with ``pickle.load`` - only ever on files in the user's own data root, which the user put there.
-Never point this loader at files someone else supplied (a pickle can run code when loaded);
-fsbench never unpickles submissions or downloaded results.
+Security note: these pickles are the dataset's standard distribution format, and users download
+them from mirrors, so they are read with the restricted unpickler of :mod:`fsbench.safepickle`
+(arrays, lists and dicts only): a crafted file is refused with one line and runs no code. fsbench
+never unpickles submissions or downloaded results.
 
 * ``cifar100`` (FSCIL, TOPIC/CEC): 60 base classes (fine ids 0-59, 500 training images each),
   then 8 sessions of 5-way 5-shot; classes in native fine-id order; session images from the

@@ -12,8 +12,8 @@ or the data root itself). Forms (option ``form``; by default the one the task ne
   ``val.csv``, ``test.csv`` (same row format) beside the same ``images/`` folder.
 * ``pickle`` - the same FSL split as the Ren et al. caches ``mini-imagenet-cache-{train,validation,
   test}.pkl`` (dicts with ``image_data`` N x 84 x 84 x 3 uint8 and ``class_dict`` {wnid: rows}).
-  These are read with ``pickle.load``: only the user's own files in the data root, never
-  anything supplied by others (a pickle can run code when loaded).
+  These are read with the restricted unpickler of :mod:`fsbench.safepickle` (arrays, lists and
+  dicts only), so a crafted cache is refused and runs no code.
 
 Labels are indices into the sorted list of the 100 miniImageNet wnids
 (``miniimagenet_classes.json``) in every form, so an image has the same label whichever form it

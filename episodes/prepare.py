@@ -130,21 +130,13 @@ def require_file(path: Path, root: Path, what: str) -> Path:
 
 
 def read_user_pickle(path: Path, fix: str):
-    """Unpickle one of a dataset's own files in the user's data root (CIFAR-100, the
-    miniImageNet and tieredImageNet caches are distributed as pickles). A pickle can run code
-    when loaded: only files the user put in their own data root come here, never submissions or
-    other third-party files (the one archive fsbench downloads itself, CIFAR-100, is checked
-    against its official MD5 first). Python-2 pickles load with ``encoding='latin1'``."""
-    import pickle
+    """Unpickle one of a dataset's own files (CIFAR-100, the miniImageNet and tieredImageNet
+    caches are distributed as pickles) with :mod:`fsbench.safepickle`: only containers, scalars
+    and NumPy arrays are resolved, so a crafted file cannot run code; anything else is a one-line
+    error naming the file and the refused global. Python-2 pickles load with ``encoding='latin1'``."""
+    from fsbench import safepickle
 
-    try:
-        with open(path, "rb") as f:
-            return pickle.load(f, encoding="latin1")  # noqa: S301 - the user's own data file
-    except (OSError, EOFError, pickle.UnpicklingError, ValueError, AttributeError,
-            ImportError, IndexError, KeyError, TypeError, MemoryError) as e:
-        raise UserError(f"cannot read {path}: {type(e).__name__}: {e}; the file is truncated or "
-                        f"not the expected pickle (a download that saved an HTML page?); "
-                        f"{fix}") from None
+    return safepickle.load(path, fix)
 
 
 def file_stamp(*paths: Path) -> str:

@@ -6,8 +6,8 @@ itself) with ``{train,val,test}_images_png.pkl`` (a list of PNG-encoded 84x84 im
 optional ``label_specific_str`` names the classes). Splits: 351 / 97 / 160 classes (448,695 /
 124,261 / 206,209 images).
 
-The pickles are read with ``pickle.load`` - only the user's own files in the data root, never
-anything supplied by others (a pickle can run code when loaded). The PNG bytes are decoded on
+The pickles are read with the restricted unpickler of :mod:`fsbench.safepickle` (arrays, lists
+and dicts only), so a crafted file is refused and runs no code. The PNG bytes are decoded on
 access; ``fsbench data prepare --dataset tieredimagenet`` decodes them once into a memory-mapped
 cache, which later runs use automatically.
 

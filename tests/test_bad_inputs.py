@@ -1,0 +1,113 @@
+"""Malformed and hostile inputs: each is one line on stderr, exit code 2, no traceback, and nothing
+written into the (read-only) data root.
+
+The first group is the dataset-pickle code execution: CIFAR-100, the miniImageNet caches and
+Ren's tieredImageNet files are pickles that users download from mirrors, so a crafted file must be
+refused before it can run anything (fsbench.safepickle)."""
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fabricate
+from fsbench import safepickle
+from fsbench.cli import main
+
+
+def _cli(capsys, *argv) -> tuple[int, str]:
+    code = main(list(argv))
+    err = capsys.readouterr().err
+    return code, err
+
+
+def _assert_one_line_error(code: int, err: str) -> None:
+    assert code == 2, err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert 1 <= len(lines) <= 3, err
+    assert "Traceback" not in err, err
+
+
+class _Payload:
+    """Unpickling this calls ``fn(*args)``: the classic pickle code execution."""
+
+    def __init__(self, fn, *args):
+        self.fn, self.args = fn, args
+
+    def __reduce__(self):
+        return self.fn, self.args
+
+
+def _payloads(marker: Path) -> dict:
+    code = f"open({str(marker)!r}, 'w').write('pwned')"
+    return {
+        "os.system": _Payload(os.system, f"touch {marker}"),
+        "builtins.exec": _Payload(exec, code),  # builtins is partly allowed; exec must not be
+        "builtins.eval": _Payload(eval, code),
+        "numpy.load": _Payload(np.save, str(marker), np.zeros(1)),  # numpy is partly allowed too
+    }
+
+
+# (dataset, method, fabricate function, file replaced by the payload, how the payload is nested)
+_FORMATS = [
+    ("cifar100", "ncm", fabricate.cifar100, "cifar-100-python/train",
+     lambda p: {"data": p, "fine_labels": [0], "coarse_labels": [0]}),
+    ("miniimagenet", "protonet", fabricate.mini_pickle, "miniimagenet/mini-imagenet-cache-train.pkl",
+     lambda p: {"image_data": np.zeros((1, 2, 2, 3), np.uint8), "class_dict": {"n0": [p]}}),
+    ("tieredimagenet", "protonet", fabricate.tiered, "tiered-imagenet/train_labels.pkl",
+     lambda p: {"label_specific": [p]}),
+]
+
+
+@pytest.mark.parametrize("kind", ["os.system", "builtins.exec", "builtins.eval", "numpy.load"])
+@pytest.mark.parametrize("dataset,method,make,target,nest", _FORMATS,
+                         ids=[f[0] for f in _FORMATS])
+def test_crafted_dataset_pickle_is_refused(tmp_path, capsys, dataset, method, make, target, nest,
+                                           kind):
+    root = tmp_path / "data"
+    make(root)
+    marker = tmp_path / "pwned"
+    payload = _payloads(marker)[kind]
+    (root / target).write_bytes(pickle.dumps(nest(payload), protocol=2 if kind == "os.system"
+                                             else 4))
+    before = fabricate.snapshot(root)
+    fabricate.make_readonly(root)
+    try:
+        code, err = _cli(capsys, "run", "--method", method, "--dataset", dataset,
+                         "--data-root", str(root), "--out", str(tmp_path / "runs"))
+    finally:
+        fabricate.make_writable(root)
+    _assert_one_line_error(code, err)
+    assert not marker.exists(), "the payload ran"
+    assert not Path(str(marker) + ".npy").exists(), "the payload ran"
+    assert target.split("/")[-1] in err and "refused to unpickle" in err, err
+    assert fabricate.snapshot(root) == before
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+@pytest.mark.parametrize("dataset,make", [("cifar", fabricate.cifar100),
+                                          ("mini", fabricate.mini_pickle),
+                                          ("tiered", fabricate.tiered)])
+def test_real_layouts_still_unpickle(tmp_path, dataset, make):
+    """The restricted unpickler reads the genuine structures (NumPy 2 pickles, protocols 2 and 4)."""
+    make(tmp_path)
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert files
+    for p in files:
+        raw = pickle.loads(p.read_bytes())  # the trusted reference: files we just made
+        ours = safepickle.load(p, "fix")
+        assert type(ours) is type(raw)
+        if isinstance(raw, dict):
+            assert ours.keys() == raw.keys()
+
+
+def test_numpy1_and_python2_pickles_load():
+    """CIFAR-100's real files are Python 2 pickles; NumPy 1 wrote ``numpy.core.multiarray``."""
+    x = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    data = pickle.dumps({b"data": x, "labels": [1, 2, 3]}, protocol=2)
+    data = data.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+    out = safepickle.loads(data)
+    assert np.array_equal(out[b"data"], x) and out["labels"] == [1, 2, 3]
