@@ -47,11 +47,19 @@ def test_verified_only_where_confirmed(pub):
     confirmed = {"cpe-clip/cifar100/fscil", "cpe-clip/miniimagenet/fscil",
                  "cpe-clip/cub200/fscil", "cec/cub200/fscil", "fact/cub200/fscil",
                  "cec/cifar100/fscil", "fact/cifar100/fscil", "cec/miniimagenet/fscil",
-                 "beclr/miniimagenet/5way/resnet50"}
+                 "beclr/miniimagenet/5way/resnet50",
+                 "teen/miniimagenet/fscil"}  # every session and the PD in TEEN's own Table 3
     assert {k for k, e in pub.items() if e.verified} == confirmed
     for key in ("beclr/cifarfs/5way/resnet18", "beclr/fc100/5way/resnet18",
                 "beclr/chestx/5way-from-miniimagenet/resnet50", "mamba-fscil/cub200/fscil"):
         assert pub[key].verified is False
+
+
+def test_test_set_selection_is_flagged(pub):
+    """CEC's trainer keeps the best *test* epoch of the base session; FACT and TEEN inherit it."""
+    for method in ("fact", "teen"):
+        for ds in ("cifar100", "miniimagenet", "cub200"):
+            assert pub[f"{method}/{ds}/fscil"].flags.get("selected_on_test") is True, (method, ds)
 
 
 def test_published_rows_are_self_consistent(pub):
