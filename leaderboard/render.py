@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import html
 import io
+import re
 from dataclasses import dataclass, field
 
 from fsbench.errors import UserError
@@ -257,9 +258,20 @@ def build_tables(lb: Leaderboard, dataset: str, task: str | None = None,
 
 # --------------------------------------------------------------------------- plain text
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def plain(s) -> str:
+    """Text safe for a terminal: control characters (ANSI escape sequences start with ESC) are
+    shown as ``\\xNN`` instead of being interpreted."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(s))
+
+
 def grid(header: list[str], rows: list[list[str]], numeric: list[bool] | None = None) -> str:
-    """An aligned plain-text table."""
+    """An aligned plain-text table (control characters escaped, see :func:`plain`)."""
     numeric = numeric or [False] * len(header)
+    header = [plain(h) for h in header]
+    rows = [[plain(c) for c in r] for r in rows]
     widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
 
     def fmt(r):
@@ -272,14 +284,14 @@ def grid(header: list[str], rows: list[list[str]], numeric: list[bool] | None = 
 def to_text(tables: list[Table]) -> str:
     out = []
     for t in tables:
-        out.append(t.title)
+        out.append(plain(t.title))
         out.append("")
         out.append(grid(t.header(), [t.row_texts(r) for r in t.rows], t.numeric()))
         out.append("")
-        out.append(t.caption)
+        out.append(plain(t.caption))
         out.append(LEGEND)
         out.append("")
-        out.extend(f"[{i}] {n}" for i, n in enumerate(t.notes, 1))
+        out.extend(f"[{i}] {plain(n)}" for i, n in enumerate(t.notes, 1))
         out.append("")
     return "\n".join(out).rstrip() + "\n"
 
@@ -287,7 +299,11 @@ def to_text(tables: list[Table]) -> str:
 # --------------------------------------------------------------------------- Markdown
 
 def _md(s: str) -> str:
-    return str(s).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+    """Literal text in a Markdown table or list: raw HTML is shown, not rendered (``<script>``,
+    ``<img onerror>``), no link or image can form (``](`` is escaped), control characters are
+    shown (:func:`plain`)."""
+    s = html.escape(plain(s).replace("\n", " "), quote=False)
+    return s.replace("\\", "\\\\").replace("|", "\\|").replace("](", "]\\(")
 
 
 def to_markdown(tables: list[Table]) -> str:

@@ -111,3 +111,38 @@ def test_numpy1_and_python2_pickles_load():
     data = data.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
     out = safepickle.loads(data)
     assert np.array_equal(out[b"data"], x) and out["labels"] == [1, 2, 3]
+
+
+# ------------------------------------------------------------------------- output escaping
+HOSTILE = ("<script>alert(1)</script> <img src=x onerror=alert(2)> [click](javascript:alert(3)) "
+           "\x1b[31mred\x1b[0m \x1b]0;title\x07")
+
+
+@pytest.fixture
+def hostile_board(tmp_path):
+    from fsbench.leaderboard.testing import make_leaderboard, published_entry, submission
+
+    cec = published_entry("cec", "cifar100", [73.0, 68.9, 65.3, 61.2, 58.1, 55.6, 53.2, 51.3, 49.1],
+                          backbone="resnet20", pretraining="none", source="src " + HOSTILE,
+                          note=HOSTILE)
+    sub = submission(method="teen", dataset="cifar100", backbone="resnet20", pretraining="none",
+                     accs=[75.0, 72.0, 68.0, 65.5, 62.0, 59.0, 57.0, 55.0, 52.0])
+    sub["note"] = HOSTILE
+    return make_leaderboard(tmp_path / "lb", [cec], [sub])
+
+
+def test_markdown_shows_raw_html_and_links_as_text(hostile_board, capsys):
+    code = main(["leaderboard", "--dataset", "cifar100", "--format", "md",
+                 "--leaderboard-dir", str(hostile_board)])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "<script>" not in out and "<img" not in out and "](javascript" not in out
+    assert "&lt;script&gt;" in out and "\x1b" not in out and "\x07" not in out
+
+
+def test_text_output_prints_no_terminal_escape_codes(hostile_board, capsys):
+    code = main(["leaderboard", "--dataset", "cifar100", "--leaderboard-dir", str(hostile_board)])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "\x1b" not in out and "\x07" not in out
+    assert "\\x1b[31mred" in out  # shown, not interpreted
