@@ -54,15 +54,41 @@ def _split_identity(bench, metrics: dict, cfg: dict) -> dict:
             "shots": [int(k) for k in metrics["shots"]], "episodes": metrics["episodes"]}
 
 
+def _pin_threads(reproducible: bool, threads) -> int | None:
+    """Apply the thread count (and the reproducible mode's in-process settings); returns it."""
+    from fsbench import repro
+
+    if threads is not None:
+        threads = repro.check_threads(threads)
+    if reproducible:
+        pinned = repro.active()
+        if pinned is None:
+            raise UserError("reproducible mode must be set before torch is imported: use "
+                            "`fsbench run --reproducible`, or start Python with the variables of "
+                            "fsbench.repro.environment()")
+        if threads is not None and threads != pinned:
+            raise UserError(f"--threads {threads} differs from the {pinned} threads this "
+                            f"reproducible process was pinned to; start it again with "
+                            f"--threads {threads}")
+        threads = pinned
+    repro.apply_runtime(threads)
+    return threads
+
+
 def run(method: str, dataset: str, *, data_root=None, split_dir=None, preset: str | None = None,
         overrides: list[str] | dict | None = None, seed: int | None = None,
         device: str | None = None, out_dir: str | Path = "runs", resume: str | Path | None = None,
         loggers: list[Logger] | None = None, progress: bool = True,
-        stop_after: int | None = None) -> dict:
+        stop_after: int | None = None, threads: int | None = None,
+        reproducible: bool = False) -> dict:
     """Run ``method`` on ``dataset`` and write ``RUN_DIR/result.json``; returns the result dict.
 
     ``resume=RUN_DIR`` continues an interrupted run from its last checkpoint with its saved
-    configuration (other arguments are ignored)."""
+    configuration (other arguments are ignored).
+
+    ``reproducible=True`` needs a process started in the reproducible CPU mode
+    (:mod:`fsbench.repro`; ``fsbench run --reproducible`` does that); ``threads`` fixes the CPU
+    thread count. Both are recorded in ``run.json`` and ``result.json``."""
     if resume is not None:
         run_dir = Path(resume)
         if not (run_dir / RUN_FILE).is_file():
@@ -77,10 +103,13 @@ def run(method: str, dataset: str, *, data_root=None, split_dir=None, preset: st
             raise UserError(f"{run_dir / RUN_FILE} is not a fsbench run file; start a new run") \
                 from None
         device = device or inv.get("device")
+        reproducible = bool(inv.get("reproducible"))
+        threads = inv.get("threads", threads)
     else:
         cfg = _config.resolve(method, dataset, preset, overrides)
         seed = int(seed if seed is not None else cfg.get("seed", 0) or 0)
         cfg["seed"] = seed
+    threads = _pin_threads(reproducible, threads)
     entry = METHODS.get(method)
     task = entry.task
     dev = resolve_device(device or cfg.get("device"))
@@ -107,7 +136,8 @@ def run(method: str, dataset: str, *, data_root=None, split_dir=None, preset: st
             "method": method, "dataset": dataset, "seed": seed, "config": cfg,
             "data_root": str(data_root) if data_root else os.environ.get("FSBENCH_DATA"),
             "split_dir": str(split_dir) if split_dir else None,
-            "device": device, "created": now_iso()})
+            "device": device, "reproducible": threads if reproducible else None,
+            "threads": threads, "created": now_iso()})
     if loggers is None:
         loggers = [ConsoleLogger()]
     loggers = list(loggers) + [FileLogger(run_dir / "run.log"),

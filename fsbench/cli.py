@@ -41,6 +41,13 @@ def main(argv=None) -> int:
         if not getattr(args, "func", None):
             parser.print_help()
             return 2
+        # Commands that must run in the reproducible CPU mode say so with ``pin(args)`` -> threads;
+        # the environment is pinned before torch is imported (re-executing this process).
+        pin = getattr(args, "pin", None)
+        threads = pin(args) if pin else None
+        if threads:
+            from fsbench import repro
+            repro.ensure(argv, threads)
         return int(args.func(args) or 0)
     except UserError as e:
         if debug:

@@ -15,8 +15,31 @@ def cmd_run(args) -> int:
     run(args.method, args.dataset, data_root=args.data_root, split_dir=args.split_dir,
         preset=args.preset,
         overrides=args.set, seed=args.seed, device=args.device, out_dir=args.out,
-        resume=args.resume, progress=not args.no_progress)
+        resume=args.resume, progress=not args.no_progress, threads=args.threads,
+        reproducible=args.reproducible)
     return 0
+
+
+def _run_pin(args) -> int | None:
+    """Threads of the reproducible mode for ``fsbench run`` (None: not reproducible).
+
+    ``--resume`` keeps the mode and thread count the run was started with (``run.json``)."""
+    from fsbench import repro
+
+    if args.resume:
+        import json
+
+        try:
+            with open(Path(args.resume) / "run.json") as f:
+                inv = json.load(f)
+            saved = inv.get("reproducible") if isinstance(inv, dict) else None
+        except (OSError, ValueError):
+            return None  # fsbench.api.run reports the unreadable run file
+        return repro.check_threads(saved) if saved else None
+    if not args.reproducible:
+        return None
+    return repro.check_threads(args.threads) if args.threads is not None else \
+        repro.DEFAULT_THREADS
 
 
 def cmd_list(args) -> int:
@@ -59,8 +82,14 @@ def add_commands(sub) -> None:
     p.add_argument("--out", default="runs", help="folder for run directories (default runs/)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--reproducible", action="store_true",
+                   help="numbers identical on every x86-64 machine: pin the CPU kernels to AVX2, "
+                        "MKL's reproducible mode and a fixed thread count (slower where AVX-512 "
+                        "exists); see fsbench/repro.py")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="CPU threads (recorded in result.json; with --reproducible default 2)")
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    p.set_defaults(func=cmd_run)
+    p.set_defaults(func=cmd_run, pin=_run_pin)
 
     p = sub.add_parser("list", help="list methods and datasets")
     p.set_defaults(func=cmd_list)

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fsbench import repro
 from fsbench.atomic import atomic_write_bytes
 from fsbench.errors import UserError
 from fsbench.jsonio import json_default
@@ -97,7 +98,7 @@ def environment(device: torch.device | str) -> dict:
         "torchvision": ver("torchvision"), "numpy": np.__version__, "pot": ver("POT"),
         "platform": platform.platform(), "machine": platform.machine(),
         "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-        "device": str(device), "git_commit": git_commit(),
+        "device": str(device), "git_commit": git_commit(), **repro.fingerprint(),
     }
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)

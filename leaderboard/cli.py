@@ -116,6 +116,12 @@ def cmd_regress(args) -> int:
     return regress.regress_published(lb, args.tolerance)
 
 
+def _regress_pin(args):
+    from fsbench.repro import DEFAULT_THREADS
+
+    return DEFAULT_THREADS if args.embedded else None
+
+
 def add_commands(sub) -> None:
     lb_help = ("leaderboard folder (default: the packaged leaderboard/, or "
                "$FSBENCH_LEADERBOARD_DIR); a folder without published/ uses the packaged one")
@@ -164,4 +170,6 @@ def add_commands(sub) -> None:
     p.add_argument("--tolerance", type=float, default=1.0,
                    help="default tolerance in accuracy points per cell (default 1.0)")
     p.add_argument("--leaderboard-dir", metavar="DIR", help=lb_help)
-    p.set_defaults(func=cmd_regress)
+    # --embedded always runs in the reproducible CPU mode (fsbench.repro), so that its numbers do
+    # not depend on the machine's instruction set or core count.
+    p.set_defaults(func=cmd_regress, pin=_regress_pin)

@@ -134,6 +134,8 @@ def default_runner(**kwargs) -> dict:
         kwargs.setdefault("progress", False)
     if "loggers" in params:
         kwargs.setdefault("loggers", [])
+    if "reproducible" in params:  # the embedded regression always runs pinned (fsbench.repro)
+        kwargs.setdefault("reproducible", True)
     return run(**kwargs)
 
 
@@ -259,8 +261,7 @@ def update_expected(path: Path, methods: list[str] | None = None, runner=None,
                  "config_hash": result.get("config_hash"),
                  "fsbench_version": result.get("fsbench_version"),
                  "generated": result.get("finished"),
-                 "environment": {k: env.get(k) for k in ("python", "torch", "numpy", "platform",
-                                                         "device", "git_commit") if k in env},
+                 "environment": {k: env.get(k) for k in _ENV_RECORDED if k in env},
                  "runtime_s": round(secs, 1)}
         if "tolerance" in old:
             entry["tolerance"] = old["tolerance"]
@@ -279,6 +280,12 @@ def update_expected(path: Path, methods: list[str] | None = None, runner=None,
     store.atomic_write_text(path, store.dump(doc))
     out(f"wrote {path} ({len(new_entries)} entries)")
     return 1 if failures else 0
+
+
+# What an expected entry records of the machine that made it (fsbench.repro.fingerprint included).
+_ENV_RECORDED = ("python", "torch", "numpy", "platform", "device", "git_commit", "cpu_model",
+                 "cpu_capability", "cpu_avx512", "mkl", "onednn", "threads", "reproducible",
+                 "pinned_env")
 
 
 def _summary(entry: dict) -> str:

@@ -4,7 +4,6 @@ import json
 import logging
 import os
 import shutil
-import time
 
 import numpy as np
 import pytest
@@ -24,10 +23,7 @@ def cache(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def data(cache):
-    t0 = time.perf_counter()
-    d = g.load_glyphs()
-    assert time.perf_counter() - t0 < 60
-    return d
+    return g.load_glyphs()
 
 
 def _copy_cache(src_root, dst_root):
@@ -81,10 +77,13 @@ def test_dedup(data):
 
 
 def test_cache_round_trip(data, cache, monkeypatch):
+    # No wall-time bound (timed unit tests fail on loaded machines): a cache hit must neither
+    # render a glyph nor rewrite a cache file.
     monkeypatch.setattr(g, "_build", lambda size: pytest.fail("rendered again"))
-    t0 = time.perf_counter()
+    monkeypatch.setattr(g, "_render", lambda *a, **k: pytest.fail("rendered again"))
+    stamps = {p: p.stat().st_mtime_ns for p in cache.iterdir()}
     again = g.load_glyphs()
-    assert time.perf_counter() - t0 < 2.0  # ~0.3 s here; slack for loaded machines
+    assert {p: p.stat().st_mtime_ns for p in cache.iterdir()} == stamps
     assert again.sha256 == data.sha256 and np.array_equal(again.images, data.images)
     assert np.array_equal(again.labels, data.labels)
     assert again.class_names == data.class_names and again.faces == data.faces
