@@ -7,11 +7,17 @@ from fsbench.errors import UserError
 
 
 def cmd_run(args) -> int:
-    from fsbench.api import run
+    from fsbench.registry import DATASETS, METHODS
 
     if args.resume is None and (not args.method or not args.dataset):
         raise UserError("fsbench run needs --method and --dataset (or --resume RUN_DIR); "
                         "`fsbench list` shows the choices")
+    # Unknown names are refused before torch is imported (the registries list without importing).
+    for value, registry in ((args.method, METHODS), (args.dataset, DATASETS)):
+        if args.resume is None and value not in registry:
+            registry.get(value)  # one line naming the choices
+    from fsbench.api import run
+
     run(args.method, args.dataset, data_root=args.data_root, split_dir=args.split_dir,
         preset=args.preset,
         overrides=args.set, seed=args.seed, device=args.device, out_dir=args.out,
@@ -46,11 +52,11 @@ def cmd_list(args) -> int:
     from fsbench.registry import DATASETS, METHODS
 
     print("methods:")
-    for e in METHODS.entries():
-        print(f"  {e.name:<14} {e.task:<6} {e.summary}")
+    for name, task, summary in METHODS.listing():
+        print(f"  {name:<14} {task:<6} {summary}")
     print("datasets:")
-    for e in DATASETS.entries():
-        print(f"  {e.name:<14} {e.task:<6} {e.summary}")
+    for name, task, summary in DATASETS.listing():
+        print(f"  {name:<14} {task:<6} {summary}")
     return 0
 
 

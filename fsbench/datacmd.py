@@ -14,6 +14,7 @@
 """
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import sys
@@ -23,7 +24,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 
 from fsbench.errors import UserError
 
@@ -111,6 +111,8 @@ def _check_split(split, res, scan_images: bool) -> list:
         data = split.source(res)
     except UserError as e:
         return [Row(f"{label} files", FAIL, str(e), "re-extract or complete the dataset")]
+    import numpy as np
+
     classes, per = np.unique(data.labels, return_counts=True)
     detail = (f"{_n(len(data))} images, {len(classes)} classes, "
               f"{per.min() if len(per) else 0}-{per.max() if len(per) else 0} per class")
@@ -267,7 +269,7 @@ def cmd_prepare(args) -> int:
                              progress=progress)
         if tty:
             print("\r", end="", file=sys.stderr)
-        mb = np.prod(meta["shape"]) / 2**20
+        mb = math.prod(meta["shape"]) / 2**20
         print(f"  {key}: {_n(meta['count'])} images {'x'.join(map(str, meta['shape'][1:]))} "
               f"uint8, {mb:.1f} MiB, {meta['seconds']:.1f} s -> {meta['path']}")
         if meta["skipped"]:

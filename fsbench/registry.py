@@ -4,11 +4,20 @@
 >>> @register_method("mine", task="fsl", summary="my learner")
 ... class Mine(FSLLearner): ...
 >>> METHODS.names()
+
+Registration is lazy for the built-ins: their names, tasks and summaries are read from the
+``register_method(...)`` / ``register_dataset(...)`` calls in the source (:func:`builtin_index`,
+a static scan that imports nothing), so ``fsbench list`` and name checks never import torch; a
+module is imported when one of its entries is used (:meth:`Registry.get`).
 """
 from __future__ import annotations
 
+import ast
+import functools
 import importlib
+import importlib.util
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 from .errors import UserError
@@ -31,6 +40,37 @@ def load_builtins() -> None:
     _loaded = True
     for name in _BUILTIN_PACKAGES:
         importlib.import_module(name)
+
+
+_REGISTER_CALLS = {"register_method": "method", "register_dataset": "dataset"}
+
+
+@functools.lru_cache(maxsize=None)
+def builtin_index() -> dict[str, dict[str, tuple[str, str, str]]]:
+    """``{kind: {name: (module, task, summary)}}`` of the built-in registrations, read from the
+    source with :mod:`ast` (literal arguments only; anything else is found by importing)."""
+    out: dict[str, dict[str, tuple[str, str, str]]] = {k: {} for k in _REGISTER_CALLS.values()}
+    for pkg in _BUILTIN_PACKAGES:
+        spec = importlib.util.find_spec(pkg)
+        for loc in (spec.submodule_search_locations or []) if spec else []:
+            for path in sorted(Path(loc).rglob("*.py")):
+                parts = [p for p in path.relative_to(loc).with_suffix("").parts if p != "__init__"]
+                try:
+                    tree = ast.parse(path.read_text(encoding="utf-8"))
+                except (OSError, SyntaxError, UnicodeDecodeError):
+                    continue
+                for node in ast.walk(tree):
+                    if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                            and node.func.id in _REGISTER_CALLS and node.args
+                            and isinstance(node.args[0], ast.Constant)
+                            and isinstance(node.args[0].value, str)):
+                        continue
+                    kw = {k.arg: k.value.value for k in node.keywords
+                          if isinstance(k.value, ast.Constant) and isinstance(k.value.value, str)}
+                    if "task" in kw and "summary" in kw:
+                        out[_REGISTER_CALLS[node.func.id]][node.args[0].value] = (
+                            ".".join([pkg, *parts]), kw["task"], kw["summary"])
+    return out
 
 
 @dataclass
@@ -62,27 +102,36 @@ class Registry:
 
         return deco
 
+    def _index(self) -> dict[str, tuple[str, str, str]]:
+        return builtin_index().get(self.kind, {})
+
     def get(self, name: str) -> Entry:
-        load_builtins()
+        if name not in self._entries and name in self._index():
+            importlib.import_module(self._index()[name][0])  # only the module that registers it
+        if name not in self._entries and not self._index():
+            load_builtins()  # no source to scan (e.g. a zipped install): import everything
         if name not in self._entries:
             raise UserError(
                 f"unknown {self.kind} {name!r}; valid {self.kind}s: {', '.join(self.names())}"
             )
         return self._entries[name]
 
+    def listing(self, task: str | None = None) -> list[tuple[str, str, str]]:
+        """``(name, task, summary)`` of every entry, sorted by name, without importing modules."""
+        rows = {n: (n, t, s) for n, (_m, t, s) in self._index().items()}
+        rows.update({n: (n, e.task, e.summary) for n, e in self._entries.items()})
+        return [rows[n] for n in sorted(rows)
+                if task is None or rows[n][1] in (task, "both")]
+
     def names(self, task: str | None = None) -> list[str]:
-        load_builtins()
-        return sorted(
-            n for n, e in self._entries.items() if task is None or e.task in (task, "both")
-        )
+        return [n for n, _t, _s in self.listing(task)]
 
     def entries(self) -> list[Entry]:
         load_builtins()
         return [self._entries[n] for n in sorted(self._entries)]
 
     def __contains__(self, name: str) -> bool:
-        load_builtins()
-        return name in self._entries
+        return name in self._entries or name in self._index()
 
 
 METHODS = Registry("method")
