@@ -14,9 +14,11 @@ Per episode (``N`` classes, ``K`` shots, ``M`` queries):
 4. ``P <- rownorm(plan) @ Q``: every prototype becomes the plan-weighted mean of the queries;
 5. steps 3-4 repeated ``passes_1shot`` = 5 times for 1-shot and ``passes_kshot`` = 1 time for
    K > 1; for K > 1 the result is mixed back, ``P = ratio * P + (1 - ratio) * P0``, ratio = 0.7;
-6. a logistic-regression classifier (scikit-learn, C = 1, lbfgs, 1000 iterations) fitted on the N
-   prototypes (one sample per class) scores the queries; its ``decision_function`` is returned as
-   the logits ``(E, M, N)``.
+6. a logistic-regression classifier (the official code: scikit-learn, C = 1, lbfgs, 1000
+   iterations) fitted on the N prototypes (one sample per class) scores the queries; its
+   ``decision_function`` is returned as the logits ``(E, M, N)``. By default every episode's
+   regression is solved at once in torch (:func:`logreg_logits_batched`: the same objective,
+   solved to its exact optimum); ``lr_solver: sklearn`` runs scikit-learn per episode.
 
 The transports of all episodes of a call are solved at once (:func:`sinkhorn_batched`, float64,
 each episode stops at the iteration it would stop at alone, so batched and per-episode results
@@ -34,7 +36,7 @@ Configuration (block ``opta`` of the run configuration; every key optional)::
 
     opta: {reg: 0.05, max_iter: 1000, stop: 1.0e-4, passes_1shot: 5, passes_kshot: 1,
            ratio: 0.7, classifier: logreg, solver: torch, standardize: true, dtype: float64,
-           lr_C: 1.0, lr_max_iter: 1000, pot_stop: 1.0e-9, chunk: 0}
+           lr_C: 1.0, lr_max_iter: 1000, lr_solver: torch, pot_stop: 1.0e-9, chunk: 0}
 
 Non-finite features raise :class:`~fsbench.errors.EpisodeError` naming the episode (the FSL runner
 turns it into the global episode index; the CLI prints one line and exits with code 2).
@@ -51,7 +53,7 @@ from fsbench.errors import EpisodeError, UserError
 from fsbench.heads import register_head
 
 __all__ = ["OpTA", "OpTAConfig", "sinkhorn_batched", "standardize", "class_means",
-           "check_finite", "logreg_logits"]
+           "check_finite", "logreg_logits", "logreg_logits_batched"]
 
 
 @dataclass
@@ -68,6 +70,7 @@ class OpTAConfig:
     dtype: str = "float64"  # features, costs and barycentres (Sinkhorn itself is always float64)
     lr_C: float = 1.0
     lr_max_iter: int = 1000
+    lr_solver: str = "torch"  # torch (batched, exact optimum) | sklearn (per-episode reference)
     pot_stop: float = 1e-9  # solver=pot: ot.sinkhorn's stopThr (its own criterion: marginal error)
     chunk: int = 0  # episodes per block of feature work; 0 = 16 on a CPU, all at once on a GPU
 
@@ -98,6 +101,10 @@ class OpTAConfig:
             raise UserError(f"{where}.dtype: {self.dtype!r} is not one of float64, float32")
         if self.solver not in ("torch", "pot"):
             raise UserError(f"{where}.solver: {self.solver!r} is not one of torch, pot")
+        if self.lr_solver not in ("torch", "sklearn"):
+            raise UserError(f"{where}.lr_solver: {self.lr_solver!r} is not one of torch, sklearn")
+        if not (float(self.lr_C) > 0 and math.isfinite(float(self.lr_C))):
+            raise UserError(f"{where}.lr_C must be a positive number, got {self.lr_C}")
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -325,15 +332,21 @@ class OpTA:
     def __call__(self, support: torch.Tensor, support_labels: torch.Tensor,
                  query: torch.Tensor) -> torch.Tensor:
         p = self.prototypes(support, support_labels, query)
-        out = []
+        batched = self.cfg.classifier == "logreg" and self.cfg.lr_solver == "torch" \
+            and p.shape[1] >= 3
+        out, qs = [], []
         for c in self._chunks(len(query), query.device):
             q_c, _ = self._prep(query[c])
             if self.cfg.classifier == "euclidean":
                 out.append(-torch.cdist(q_c, p[c]).pow(2))
-            else:
+            elif batched:
+                qs.append(q_c)  # one Newton solve for every episode of the call, below
+            else:  # scikit-learn, one episode at a time (two classes: a binary model)
                 out.append(torch.from_numpy(logreg_logits(
                     p[c].cpu().double().numpy(), q_c.cpu().double().numpy(), self.cfg.lr_C,
                     self.cfg.lr_max_iter)))
+        if batched:
+            out = [logreg_logits_batched(p.double(), torch.cat(qs).double(), self.cfg.lr_C)]
         return torch.cat(out).to(device=support.device, dtype=torch.float32)
 
 
@@ -357,6 +370,80 @@ def logreg_logits(protos: np.ndarray, query: np.ndarray, C: float = 1.0,
                 d = np.stack([np.zeros_like(d), d], axis=1)
             out[i] = d
     return out
+
+
+def logreg_logits_batched(protos: torch.Tensor, query: torch.Tensor, C: float = 1.0,
+                          tol: float = 1e-10, max_iter: int = 100) -> torch.Tensor:
+    """All episodes' logistic regressions at once: the minimiser of scikit-learn's multinomial
+    objective ``C * sum_i CE(W x_i + b, i) + ||W||^2 / 2`` (intercept not penalised) on the
+    ``way`` prototypes of each episode, then ``query @ W.T + b`` as ``(E, M, way)``.
+
+    With one sample per class and an L2 penalty the optimal ``W`` lies in the span of the
+    prototypes (representer theorem): ``W = A X`` with ``A`` of shape ``(way, way)``. Each episode is
+    then a problem of ``way * (way + 1)`` parameters over the Gram matrix ``G = X X^T``, solved by
+    Newton's method with backtracking (float64) to a gradient norm below ``tol``: the exact
+    optimum (it stops once the Newton decrement reaches rounding level, within about 10
+    iterations), where scikit-learn's lbfgs stops at its own tolerance (``benchmarks/bench_opta.py``
+    prints how often the predictions agree). Needs ``way >= 3`` (scikit-learn fits a binary model
+    for two classes; :class:`OpTA` uses scikit-learn there)."""
+    x = protos.double()
+    e, k, _ = x.shape
+    gram = x @ x.transpose(1, 2)  # (E, K, K): samples i = classes
+    phi = torch.cat([gram, torch.ones(e, 1, k, dtype=x.dtype, device=x.device)], 1)  # (E, K+1, K)
+    gpad = torch.zeros(e, k + 1, k + 1, dtype=x.dtype, device=x.device)
+    gpad[:, :k, :k] = gram
+    eye = torch.eye(k, dtype=x.dtype, device=x.device)
+    theta = torch.zeros(e, k, k + 1, dtype=x.dtype, device=x.device)  # [A | b]
+
+    def objective(th):
+        z = th @ phi  # (E, K classes, K samples): logits of sample i in column i
+        ce = torch.logsumexp(z, 1) - torch.diagonal(z, dim1=1, dim2=2)
+        a = th[:, :, :k]
+        return C * ce.sum(1) + 0.5 * torch.einsum("eka,eab,ekb->e", a, gram, a), z
+
+    n = k * (k + 1)
+    ridge = 1e-12 * torch.eye(n, dtype=x.dtype, device=x.device)
+    f, z = objective(theta)
+    done = torch.zeros(e, dtype=torch.bool, device=x.device)
+    for _ in range(max_iter):
+        p = torch.softmax(z, 1)  # (E, K, K)
+        grad = C * (p - eye) @ phi.transpose(1, 2) + torch.cat(
+            [theta[:, :, :k] @ gram, torch.zeros(e, k, 1, dtype=x.dtype, device=x.device)], 2)
+        gnorm = grad.flatten(1).norm(dim=1)
+        # Hessian: sum_i kron(diag(p_i) - p_i p_i^T, phi_i phi_i^T) + kron(I, Gpad), built as a
+        # block diagonal (one (K+1)^2 block per class) minus the Gram matrix of v_i = p_i (x) phi_i.
+        pi = p.transpose(1, 2)  # (E, samples, classes)
+        ph = phi.transpose(1, 2)  # (E, samples, K+1)
+        blocks = C * torch.einsum("eik,eia,eib->ekab", pi, ph, ph) + gpad[:, None]
+        hess = torch.zeros(e, k, k + 1, k, k + 1, dtype=x.dtype, device=x.device)
+        ar = torch.arange(k, device=x.device)
+        hess[:, ar, :, ar, :] = blocks.transpose(0, 1)
+        v = (pi.unsqueeze(-1) * ph.unsqueeze(-2)).reshape(e, k, n)
+        hess = hess.reshape(e, n, n) - C * (v.transpose(1, 2) @ v)
+        # Flat directions (the intercepts' common shift; a singular Gram) get a tiny ridge.
+        step = torch.linalg.solve(hess + ridge * hess.diagonal(dim1=1, dim2=2).amax(1)[:, None,
+                                                                                       None],
+                                  grad.reshape(e, n, 1)).reshape(e, k, k + 1)
+        # Converged: gradient small, or the Newton decrement g.H^-1.g at rounding level.
+        decrement = (grad * step).flatten(1).sum(1)
+        done = done | (gnorm < tol) | (decrement <= 1e-15 * (1.0 + f.abs()))
+        if bool(done.all()):
+            break
+        t = torch.ones(e, dtype=x.dtype, device=x.device)
+        for _ls in range(30):  # backtracking (Armijo) per episode
+            cand = theta - t[:, None, None] * step
+            f_new, z_new = objective(cand)
+            ok = (f_new <= f - 1e-4 * t * decrement) | done
+            if bool(ok.all()):
+                break
+            t = torch.where(ok, t, t * 0.5)
+        keep = (~done)[:, None, None]
+        theta = torch.where(keep, cand, theta)
+        f = torch.where(~done, f_new, f)
+        z = torch.where(keep, z_new, z)
+    a, b = theta[:, :, :k], theta[:, :, k]
+    w = a @ x  # (E, K, D)
+    return query.double() @ w.transpose(1, 2) + b[:, None, :]
 
 
 @register_head("opta")

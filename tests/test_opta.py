@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from fsbench.errors import EpisodeError, UserError
-from fsbench.fewshot.opta import (OpTA, OpTAConfig, class_means, normalized_cost,
-                                  sinkhorn_batched, standardize)
+from fsbench.fewshot.opta import (OpTA, OpTAConfig, class_means, logreg_logits,
+                                  logreg_logits_batched, normalized_cost, sinkhorn_batched,
+                                  standardize)
 from fsbench.heads import get_head
 
 
@@ -100,23 +101,109 @@ def test_batched_and_per_episode_opta_identical():
     assert torch.isfinite(batched).all()
 
 
+# ------------------------------------------------------------- independent numpy reference
+def _np_standardize(f):
+    return (f - f.mean(-1, keepdims=True)) / f.std(-1, ddof=1, keepdims=True)
+
+
+def _np_sinkhorn_official(cost, reg=0.05, max_iter=1000, stop=1e-4):
+    """Log-domain Sinkhorn as BECLR's code runs it, written from its description: uniform
+    marginals, potentials u (prototypes) and v (queries) in cost units, u updated first, stop once
+    sum_i |u_i - u_prev_i| < stop. Returns (plan, iterations)."""
+    from scipy.special import logsumexp
+
+    n, m = cost.shape
+    u, v = np.zeros(n), np.zeros(m)
+    for it in range(1, max_iter + 1):
+        u_prev = u
+        u = reg * (np.log(1.0 / n) - logsumexp((v[None, :] - cost) / reg, axis=1))
+        v = reg * (np.log(1.0 / m) - logsumexp((u[:, None] - cost) / reg, axis=0))
+        if np.abs(u - u_prev).sum() < stop:
+            break
+    return np.exp((u[:, None] + v[None, :] - cost) / reg), it
+
+
+def _np_opta_prototypes(s, lab, q, way, passes, ratio=0.7):
+    s, q = _np_standardize(s.astype(np.float64)), _np_standardize(q.astype(np.float64))
+    p0 = np.stack([s[lab == c].mean(0) for c in range(way)])
+    p = p0
+    for _ in range(passes):
+        cost = ((p[:, None, :] - q[None, :, :]) ** 2).sum(-1)
+        plan, _ = _np_sinkhorn_official(cost / cost.max())
+        p = (plan / plan.sum(1, keepdims=True)) @ q
+    if (lab == 0).sum() > 1 and passes > 0:
+        p = ratio * p + (1 - ratio) * p0
+    return p
+
+
+def test_sinkhorn_stops_by_the_official_rule():
+    cost = random_costs(e=5, seed=3)
+    plan, iters = sinkhorn_batched(cost, 0.05, 1000, 1e-4)
+    for i in range(len(cost)):
+        ref, it = _np_sinkhorn_official(cost[i].numpy())
+        assert int(iters[i]) == it
+        assert np.abs(plan[i].numpy() - ref).max() < 1e-12
+
+
 def test_opta_steps_follow_the_recipe():
-    """1-shot: 5 passes, no mixing; 5-shot: 1 pass, 0.7 transported + 0.3 original."""
+    """1-shot: 5 passes, no mixing; 5-shot: 1 pass, 0.7 transported + 0.3 original - against a
+    numpy implementation written here from the recipe (not the module's helpers)."""
     s, lab, q = shifted_episodes(3, 5, 5, 15, dim=16, shift=2.0, seed=4)
-    sd, qd = standardize(s.double()), standardize(q.double())
-    p0 = class_means(sd, lab, 5)
-    plan, _ = sinkhorn_batched(normalized_cost(p0, qd), 0.05, 1000, 1e-4)
-    expect = 0.7 * ((plan / plan.sum(-1, keepdim=True)) @ qd) + 0.3 * p0
-    assert (OpTA().prototypes(s, lab, q) - expect).abs().max() < 1e-10
+    head = OpTA()
+    got5 = head.prototypes(s, lab, q)
     s1, lab1 = s.view(3, 5, 5, 16)[:, :, :1].reshape(3, 5, 16), lab[:, ::5]
-    p = standardize(s1.double())
-    for _ in range(5):
-        plan, _ = sinkhorn_batched(normalized_cost(p, qd), 0.05, 1000, 1e-4)
-        p = (plan / plan.sum(-1, keepdim=True)) @ qd
-    assert (OpTA().prototypes(s1, lab1, q) - p).abs().max() < 1e-10
-    # per-sample standardisation: zero mean, unit (unbiased) std
-    assert torch.allclose(qd.mean(-1), torch.zeros(3, 75, dtype=torch.float64), atol=1e-12)
-    assert torch.allclose(qd.std(-1), torch.ones(3, 75, dtype=torch.float64), atol=1e-12)
+    got1 = head.prototypes(s1, lab1, q)
+    for e in range(3):
+        ref5 = _np_opta_prototypes(s[e].numpy(), lab[e].numpy(), q[e].numpy(), 5, passes=1)
+        ref1 = _np_opta_prototypes(s1[e].numpy(), lab1[e].numpy(), q[e].numpy(), 5, passes=5)
+        assert np.abs(got5[e].numpy() - ref5).max() < 1e-10
+        assert np.abs(got1[e].numpy() - ref1).max() < 1e-10
+
+
+def _np_logreg_optimum(x, C=1.0):
+    """scikit-learn's multinomial objective, C * sum_i CE(W x_i + b, i) + ||W||^2 / 2, minimised
+    over the full (W, b) with SciPy at a tight tolerance."""
+    from scipy.optimize import minimize
+    from scipy.special import logsumexp
+
+    k, d = x.shape
+
+    def fun(theta):
+        w, b = theta[:k * d].reshape(k, d), theta[k * d:]
+        z = x @ w.T + b  # (samples, classes)
+        pr = np.exp(z - logsumexp(z, axis=1, keepdims=True))
+        f = C * (logsumexp(z, axis=1) - z[np.arange(k), np.arange(k)]).sum() + 0.5 * (w * w).sum()
+        gz = C * (pr - np.eye(k))
+        return f, np.concatenate([(gz.T @ x + w).ravel(), gz.sum(0)])
+
+    res = minimize(fun, np.zeros(k * d + k), jac=True, method="L-BFGS-B",
+                   options={"maxiter": 20000, "gtol": 1e-11, "ftol": 1e-16})
+    return res.x[:k * d].reshape(k, d), res.x[k * d:]
+
+
+def test_batched_logistic_regression_is_the_optimum():
+    g = torch.Generator().manual_seed(7)
+    protos = standardize(torch.randn(4, 5, 24, generator=g, dtype=torch.float64))
+    query = standardize(torch.randn(4, 30, 24, generator=g, dtype=torch.float64))
+    got = logreg_logits_batched(protos, query, C=1.0)
+    for e in range(4):
+        w, b = _np_logreg_optimum(protos[e].numpy())
+        ref = query[e].numpy() @ w.T + b
+        # decision values are defined up to a common shift of the intercepts
+        diff = got[e].numpy() - ref
+        assert np.abs(diff - diff.mean(1, keepdims=True)).max() < 1e-5
+
+
+def test_batched_logistic_regression_predicts_as_scikit_learn():
+    s, lab, q = shifted_episodes(60, 5, 5, 15, dim=32, shift=2.0, seed=11)
+    head = OpTA(OpTAConfig(lr_solver="sklearn"))
+    protos = head.prototypes(s, lab, q)
+    qd = standardize(q.double())
+    ours = logreg_logits_batched(protos, qd).argmax(-1).numpy()
+    ref = logreg_logits(protos.numpy(), qd.numpy()).argmax(-1)
+    assert (ours == ref).mean() >= 0.999
+    # and through the head: lr_solver torch (default) vs sklearn
+    assert torch.equal(OpTA()(s, lab, q).argmax(-1), head(s, lab, q).argmax(-1))
 
 
 def test_non_finite_features_raise_episode_error():
