@@ -9,23 +9,39 @@ import tempfile
 from pathlib import Path
 from typing import IO, Iterator
 
+from fsbench.errors import UserError
+
+
+def unwritable(path: str | Path, e: OSError) -> UserError:
+    """The one-line error for a path that cannot be written (a file where a folder should be,
+    a read-only or virtual file system, a name over the 255-byte limit, a full disk, ...)."""
+    why = e.strerror or type(e).__name__
+    return UserError(f"cannot write {path}: {why}; choose a writable folder (and a file name "
+                     f"under 255 bytes)")
+
 
 @contextlib.contextmanager
 def atomic_open(path: str | Path, mode: str = "wb", encoding: str | None = None) -> Iterator[IO]:
-    """``with atomic_open(p, "w") as f: ...`` - ``p`` appears only if the block succeeds."""
+    """``with atomic_open(p, "w") as f: ...`` - ``p`` appears only if the block succeeds. A path
+    that cannot be written is a :class:`~fsbench.errors.UserError` naming it."""
     path = Path(path)
     directory = path.parent if str(path.parent) else Path(".")
-    directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:200]}.", suffix=".tmp", dir=directory)
+    except OSError as e:
+        raise unwritable(path, e) from None
     try:
         with os.fdopen(fd, mode, encoding=encoding if "b" not in mode else None) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise unwritable(path, e) from None
         raise
 
 

@@ -20,6 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fsbench", description="Few-shot and few-shot class-incremental learning benchmarks.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    from fsbench import __version__
+    parser.add_argument("--version", action="version", version=f"fsbench {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in _COMMAND_MODULES:
         try:

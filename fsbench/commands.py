@@ -62,13 +62,12 @@ def cmd_list(args) -> int:
 
 def cmd_show(args) -> int:
     from fsbench.loggers import result_table
-    from fsbench.results import read_json
+    from fsbench.results import check_result_shape, read_json
 
     path = Path(args.run_dir)
     path = path / "result.json" if path.is_dir() else path
     result = read_json(path, "result file")
-    if not isinstance(result, dict) or "metrics" not in result or "task" not in result:
-        raise UserError(f"{path} is not a fsbench result file")
+    check_result_shape(result, path)
     print(result_table(result))
     return 0
 

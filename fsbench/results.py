@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from fsbench import repro
-from fsbench.atomic import atomic_write_bytes
+from fsbench.atomic import atomic_write_bytes, unwritable
 from fsbench.errors import UserError
 from fsbench.jsonio import json_default
 
@@ -45,6 +45,71 @@ def load_checkpoint(path: str | Path) -> dict:
                         f"({type(e).__name__}); delete it and rerun the run from scratch") from None
 
 
+def restore_learner(learner, path: str | Path) -> dict:
+    """Load the checkpoint at ``path`` into ``learner``; returns the whole checkpoint. A checkpoint
+    whose modules, keys or shapes do not fit the learner is a one-line error naming the first
+    mismatch."""
+    state = load_checkpoint(path)
+    try:
+        learner.load_state_dict(state["learner"])
+    except (RuntimeError, KeyError, TypeError, ValueError, AttributeError) as e:
+        detail = " ".join(str(e).split())
+        detail = detail[:300] + ("..." if len(detail) > 300 else "")
+        raise UserError(f"checkpoint {path} does not fit this learner ({type(e).__name__}: "
+                        f"{detail}); it was written by another method or configuration - start "
+                        f"the run again without --resume") from None
+    return state
+
+
+def check_result_shape(result, path) -> None:
+    """What ``fsbench show`` needs of a result file, checked before anything is printed."""
+    def bad(what):
+        return UserError(f"{path} is not a valid fsbench result: {what}")
+
+    if not isinstance(result, dict):
+        raise bad(f"the top level is a {type(result).__name__}, not an object")
+    for key in ("method", "dataset"):
+        v = result.get(key)
+        if not isinstance(v, str) or not 0 < len(v) <= 64 or not v.isprintable():
+            raise bad(f"'{key}' must be a printable name of 1-64 characters")
+    if result.get("task") not in ("fscil", "fsl"):
+        raise bad("'task' must be 'fscil' or 'fsl'")
+    m, split = result.get("metrics"), result.get("split")
+    if not isinstance(m, dict) or not isinstance(split, dict):
+        raise bad("'metrics' and 'split' must be objects")
+    if not isinstance(result.get("seed"), int) or isinstance(result.get("seed"), bool):
+        raise bad("'seed' must be an integer")
+
+    def num(v, where, allow_none=False):
+        if (v is None and allow_none) or (isinstance(v, (int, float)) and not isinstance(v, bool)):
+            return
+        raise bad(f"{where} must be a number")
+
+    if result["task"] == "fscil":
+        if not isinstance(split.get("id"), str):
+            raise bad("'split.id' must be a string")
+        sessions = m.get("sessions")
+        if not isinstance(sessions, list) or not all(isinstance(x, dict) for x in sessions):
+            raise bad("'metrics.sessions' must be a list of objects")
+        for i, x in enumerate(sessions):
+            for k in ("session", "num_seen", "acc"):
+                num(x.get(k), f"metrics.sessions[{i}].{k}")
+            for k in ("base_acc", "novel_acc", "hm"):
+                num(x.get(k), f"metrics.sessions[{i}].{k}", allow_none=True)
+        if "avg" in m:
+            for k in ("avg", "pd", "last"):
+                num(m.get(k), f"metrics.{k}")
+    else:
+        shots = m.get("shots")
+        if not isinstance(shots, dict) or not all(isinstance(v, dict) for v in shots.values()):
+            raise bad("'metrics.shots' must map shots to objects")
+        for k, v in shots.items():
+            num(v.get("mean"), f"metrics.shots.{k}.mean")
+            num(v.get("ci95"), f"metrics.shots.{k}.ci95")
+        for k in ("way", "query", "episodes"):
+            num(split.get(k), f"split.{k}")
+
+
 def read_json(path: str | Path, what: str = "file") -> dict:
     path = Path(path)
     try:
@@ -54,6 +119,8 @@ def read_json(path: str | Path, what: str = "file") -> dict:
         raise UserError(f"{what} {path} not found") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{what} {path} is not valid JSON ({e}); it may be truncated") from None
+    except OSError as e:
+        raise UserError(f"cannot read {what} {path}: {e.strerror or type(e).__name__}") from None
 
 
 def now_iso() -> str:
@@ -69,8 +136,13 @@ def new_run_dir(out: str | Path, method: str, dataset: str) -> Path:
             path.mkdir(parents=True, exist_ok=False)
             return path
         except FileExistsError:
+            if not Path(out).is_dir():
+                raise UserError(f"--out {out} is a file, not a folder; pass a folder for run "
+                                f"directories") from None
             n += 1
             path = base.with_name(f"{base.name}-{n}")
+        except OSError as e:
+            raise unwritable(path, e) from None
 
 
 def git_commit() -> str | None:

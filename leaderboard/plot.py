@@ -28,7 +28,15 @@ def select(lb: Leaderboard, dataset: str, methods: list[str] | None) -> list[Ent
     return rows
 
 
+FORMATS = ("png", "pdf", "svg")
+
+
 def plot(lb: Leaderboard, dataset: str, methods: list[str] | None, output: str | Path) -> Path:
+    """Accuracy per session of ``methods`` on ``dataset``; the format follows the extension."""
+    fmt = Path(output).suffix.lstrip(".").lower()
+    if fmt not in FORMATS:
+        raise UserError(f"--output {output}: the figure format follows the extension; use "
+                        f"{', '.join('.' + f for f in FORMATS)}")
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -68,7 +76,7 @@ def plot(lb: Leaderboard, dataset: str, methods: list[str] | None, output: str |
     output = Path(output)
     try:
         with atomic_open(output, "wb") as f:
-            fig.savefig(f, format="png")
+            fig.savefig(f, format=fmt)
     finally:
         plt.close(fig)
     return output

@@ -146,3 +146,92 @@ def test_text_output_prints_no_terminal_escape_codes(hostile_board, capsys):
     assert code == 0
     assert "\x1b" not in out and "\x07" not in out
     assert "\\x1b[31mred" in out  # shown, not interpreted
+
+
+# ------------------------------------------------------------------------- paths and display
+RUN_SMALL = ["run", "--method", "ncm", "--dataset", "synthetic", "--set", "train.epochs=1",
+             "--no-progress"]
+
+
+def _out_cases(tmp_path: Path) -> dict:
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    return {"out is a file": afile, "out under a file": afile / "runs",
+            "out in /proc": Path("/proc/fsbench-runs"), "name over 255 bytes": tmp_path / ("r" * 300)}
+
+
+@pytest.mark.parametrize("case", ["out is a file", "out under a file", "out in /proc",
+                                  "name over 255 bytes"])
+def test_unwritable_out_is_one_line(tmp_path, capsys, case):
+    out = _out_cases(tmp_path)[case]
+    code, err = _cli(capsys, *RUN_SMALL, "--out", str(out))
+    _assert_one_line_error(code, err)
+    assert "--out" in err or "cannot write" in err
+
+
+def test_leaderboard_outputs_that_cannot_be_written(tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    result = tmp_path / "result.json"
+    from fsbench.leaderboard.testing import fake_result
+    result.write_text(__import__("json").dumps(fake_result(dataset="cifar100")))
+    for argv in (["submit", str(result), "--leaderboard-dir", str(afile)],
+                 ["plot", "--dataset", "cifar100", "--methods", "teen", "--output",
+                  str(afile / "x.png")],
+                 ["plot", "--dataset", "cifar100", "--methods", "teen", "--output",
+                  str(tmp_path / "x.txt")]):
+        code, err = _cli(capsys, *argv)
+        _assert_one_line_error(code, err)
+    assert not (tmp_path / "x.txt").exists()
+
+
+def _result_variants() -> dict:
+    from fsbench.leaderboard.testing import fake_result
+    good = fake_result(dataset="cifar100")
+    return {
+        "top level a list": [good],
+        "metrics not a mapping": {**good, "metrics": [1, 2]},
+        "sessions wrong shape": {**good, "metrics": {"sessions": [1, 2, 3]}},
+        "acc a string": {**good, "metrics": {**good["metrics"], "sessions": [
+            {**good["metrics"]["sessions"][0], "acc": "high"}]}},
+        "100,000-character method": {**good, "method": "m" * 100_000},
+        "300-character dataset": {**good, "dataset": "d" * 300},
+        "escape code in method": {**good, "method": "teen\x1b[2J"},
+    }
+
+
+@pytest.mark.parametrize("case", list(_result_variants()))
+def test_show_on_malformed_results_is_one_line(tmp_path, capsys, case):
+    import json
+    path = tmp_path / "result.json"
+    path.write_text(json.dumps(_result_variants()[case]))
+    code, err = _cli(capsys, "show", str(path))
+    _assert_one_line_error(code, err)
+    assert len(err) < 500
+
+
+def test_show_accepts_a_well_formed_result(tmp_path, capsys):
+    import json
+    from fsbench.leaderboard.testing import fake_result
+    path = tmp_path / "result.json"
+    path.write_text(json.dumps(fake_result(dataset="cifar100")))
+    assert main(["show", str(path)]) == 0
+    assert "AVG" in capsys.readouterr().out
+
+
+def test_resume_with_a_checkpoint_of_another_shape(tmp_path, capsys):
+    import torch
+    code, err = _cli(capsys, *RUN_SMALL, "--out", str(tmp_path))
+    assert code == 0, err
+    (run_dir,) = tmp_path.iterdir()
+    ckpt = run_dir / "checkpoint.pt"
+    state = torch.load(ckpt, weights_only=True)
+    mods = state["learner"]["modules"]
+    name = next(iter(mods))
+    key = next(k for k, v in mods[name].items() if v.dim() >= 1)
+    mods[name][key] = torch.zeros(*[n + 1 for n in mods[name][key].shape])
+    torch.save(state, ckpt)
+    (run_dir / "result.json").unlink()
+    code, err = _cli(capsys, "run", "--resume", str(run_dir), "--no-progress")
+    _assert_one_line_error(code, err)
+    assert "does not fit" in err and key in err

@@ -17,7 +17,7 @@ from fsbench.context import RunContext, derive_seed, seed_everything
 from fsbench.episodes.base import FSCILBenchmark
 from fsbench.learner import FSCILLearner, Session
 from fsbench.metrics import session_metrics, summarize_sessions
-from fsbench.results import atomic_torch_save, load_checkpoint
+from fsbench.results import atomic_torch_save, restore_learner
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -63,8 +63,7 @@ def run_sessions(learner: FSCILLearner, bench: FSCILBenchmark, ctx: RunContext,
     times: list[float] = []
     start = 0
     if resume and ckpt_path.exists():
-        state = load_checkpoint(ckpt_path)
-        learner.load_state_dict(state["learner"])
+        state = restore_learner(learner, ckpt_path)
         sessions, times = list(state["sessions"]), list(state["times"])
         start = int(state["session"]) + 1
     test_features = None

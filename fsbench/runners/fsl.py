@@ -20,7 +20,7 @@ from fsbench.errors import EpisodeError, UserError
 from fsbench.heads import get_head
 from fsbench.learner import FSLLearner
 from fsbench.metrics import mean_ci95
-from fsbench.results import atomic_torch_save, load_checkpoint
+from fsbench.results import atomic_torch_save, restore_learner
 
 CHECKPOINT = "checkpoint.pt"
 MANIFEST = "episodes.npz"
@@ -117,7 +117,7 @@ def run_fsl(learner: FSLLearner, bench: FSLBenchmark, ctx: RunContext, run_dir: 
     episodes = prepare_episodes(bench.test, ctx, run_dir)  # fail early on impossible episodes
     t0 = time.perf_counter()
     if resume and ckpt.exists():
-        learner.load_state_dict(load_checkpoint(ckpt)["learner"])
+        restore_learner(learner, ckpt)
     else:
         seed_everything(derive_seed(ctx.seed, "fit"))
         ctx.extras["val"] = bench.val
