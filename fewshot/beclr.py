@@ -61,7 +61,9 @@ Paper vs released code (``dyce.variant``; default ``official`` reproduces the co
   branch does.
 
 Presets: ``presets/beclr/<dataset>.yaml`` (paper values, methods.md §1.5) and ``glyphs`` (conv4,
-CPU-sized). Mixed precision (``train.amp``, CUDA only) is optional; no distributed training.
+CPU-sized). Precision follows the official configs: ``train.amp: true`` (every preset) trains in
+fp16 autocast with a GradScaler on CUDA; on a CPU training stays fp32 whatever the key says.
+``train.amp: false`` forces fp32 on CUDA too. No distributed training.
 """
 from __future__ import annotations
 

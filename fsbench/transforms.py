@@ -41,6 +41,35 @@ def _cutout(size: int = 16):
     return cut
 
 
+_IMAGENET_MEAN_255 = (124, 116, 104)  # round(255 * (0.485, 0.456, 0.406))
+
+
+def _timm_rand_augment(config: str = "rand-n2-m10-mstd0.5", translate_const: int = 100,
+                       fill: list | tuple = _IMAGENET_MEAN_255):
+    """timm's RandAugment (``timm.data.auto_augment.rand_augment_transform``), as BECLR's code
+    uses it: ``rand-n2-m10-mstd0.5`` draws 2 of timm's 15 ops (Invert and SolarizeAdd among them),
+    each applied with probability 0.5 at a magnitude drawn around 10 (std 0.5); geometric ops fill
+    with the ImageNet mean; ``translate_const`` = int(224 * 0.45). timm works on PIL images, so
+    the uint8 tensor goes through PIL and back (lossless)."""
+    from timm.data.auto_augment import rand_augment_transform
+    from torchvision.transforms.v2 import functional as F
+
+    try:
+        ra = rand_augment_transform(str(config), {"translate_const": int(translate_const),
+                                                   "img_mean": tuple(int(v) for v in fill)})
+        ra_gray = rand_augment_transform(str(config), {"translate_const": int(translate_const),
+                                                        "img_mean": int(fill[0])})
+    except (ValueError, AssertionError, KeyError, IndexError) as e:
+        raise UserError(f"transform timm_rand_augment: bad config {config!r} ({e}); e.g. "
+                        f"rand-n2-m10-mstd0.5") from None
+
+    def apply(img: torch.Tensor) -> torch.Tensor:
+        pil = F.to_pil_image(img)
+        return F.pil_to_tensor((ra_gray if pil.mode == "L" else ra)(pil))
+    apply.timm = ra  # for inspection (tests)
+    return apply
+
+
 _FACTORIES: dict[str, Callable] = {
     "resize": lambda size: v2.Resize(size, antialias=True),
     "center_crop": lambda size: v2.CenterCrop(size),
@@ -60,6 +89,7 @@ _FACTORIES: dict[str, Callable] = {
         scale=None if scale is None else tuple(scale), shear=shear),
     "gaussian_blur": lambda kernel_size=3, sigma=(0.1, 2.0), p=0.5: v2.RandomApply(
         [v2.GaussianBlur(kernel_size, tuple(sigma))], p=p),
+    "timm_rand_augment": _timm_rand_augment,
     "autoaugment": _autoaugment,
     "cutout": _cutout,
 }
