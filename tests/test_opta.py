@@ -228,13 +228,18 @@ def test_head_registry_and_config_errors():
 
 
 def test_opta_head_on_protonet_features_end_to_end(tmp_path):
-    """``--set head=opta`` on another learner's features (protonet, untrained, synthetic)."""
+    """``--set head=opta`` on another learner's features (protonet, untrained, synthetic): on the
+    same frozen episodes the transductive head must beat plain prototypes in 1-shot, where the
+    support is most biased (measured: 62.6% -> 80.2% over 20 episodes; CI about 5.5 points)."""
     from fsbench.api import run
 
-    res = run("protonet", "synthetic", overrides=["head=opta", "eval.episodes=20",
-                                                 "train.episodes=0"],
-              out_dir=tmp_path, progress=False, loggers=[])
-    shots = res["metrics"]["shots"]
-    assert set(shots) == {"1", "5"} and all(0 <= shots[k]["mean"] <= 100 for k in shots)
-    assert res["config"]["head"] == "opta"
-    assert math.isfinite(shots["1"]["ci95"])
+    res = {}
+    for head in ("none", "opta"):
+        res[head] = run("protonet", "synthetic", overrides=[f"head={head}", "eval.episodes=20",
+                                                            "train.episodes=0"],
+                        out_dir=tmp_path / head, progress=False, loggers=[])
+    assert res["opta"]["config"]["head"] == "opta"
+    plain, opta = res["none"]["metrics"]["shots"], res["opta"]["metrics"]["shots"]
+    assert opta["1"]["mean"] >= plain["1"]["mean"] + 8, (plain["1"], opta["1"])
+    assert opta["5"]["mean"] >= 20 + 50  # 5-way: chance is 20%
+    assert math.isfinite(opta["1"]["ci95"])
