@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from fsbench.episodes.base import ImageDataset
 from fsbench.errors import UserError
+from fsbench.trainstate import EpochCheckpoint
 
 
 def split_val(data: ImageDataset, fraction: float, seed: int):
@@ -90,8 +91,13 @@ def train_supervised(backbone: nn.Module, head: nn.Module, data: ImageDataset, c
     opt, sched = make_optimizer(params, t, epochs)
     loader = ctx.loader(data, train=True, batch_size=int(t.get("batch_size", 128)),
                         drop_last=len(data) > int(t.get("batch_size", 128)))
-    best, best_acc, history = None, -1.0, []
-    for epoch in ctx.bar(range(epochs), f"{desc} training", leave=False):
+    # Per-epoch checkpoint (fsbench.trainstate): a killed run resumes at the next epoch.
+    ckpt = EpochCheckpoint.of(ctx, desc)
+    state = {"backbone": backbone, "head": head, "opt": opt, "sched": sched}
+    start, saved = ckpt.restore(state, loader)
+    best, best_acc = saved.get("best"), float(saved.get("best_acc", -1.0))
+    history = list(saved.get("history", []))
+    for epoch in ctx.bar(range(start, epochs), f"{desc} training", leave=False):
         backbone.train()
         head.train()
         tot, n = 0.0, 0
@@ -111,6 +117,8 @@ def train_supervised(backbone: nn.Module, head: nn.Module, data: ImageDataset, c
                 best_acc = rec["select_acc"]
                 best = (copy.deepcopy(backbone.state_dict()), copy.deepcopy(head.state_dict()))
         history.append(rec)
+        ckpt.save(epoch + 1, state, loader, {"best": best, "best_acc": best_acc,
+                                             "history": history})
     if best is not None:
         backbone.load_state_dict(best[0])
         head.load_state_dict(best[1])

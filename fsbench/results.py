@@ -45,6 +45,15 @@ def load_checkpoint(path: str | Path) -> dict:
                         f"({type(e).__name__}); delete it and rerun the run from scratch") from None
 
 
+def remove_stale_temporaries(run_dir: str | Path) -> list[Path]:
+    """Delete what an interrupted atomic write left in a run folder (``.NAME.*.tmp``)."""
+    gone = []
+    for p in Path(run_dir).glob(".*.tmp"):
+        p.unlink(missing_ok=True)
+        gone.append(p)
+    return gone
+
+
 def restore_learner(learner, path: str | Path) -> dict:
     """Load the checkpoint at ``path`` into ``learner``; returns the whole checkpoint. A checkpoint
     whose modules, keys or shapes do not fit the learner is a one-line error naming the first

@@ -17,7 +17,9 @@ from fsbench.context import RunContext, derive_seed, seed_everything
 from fsbench.episodes.base import FSCILBenchmark
 from fsbench.learner import FSCILLearner, Session
 from fsbench.metrics import session_metrics, summarize_sessions
-from fsbench.results import atomic_torch_save, restore_learner
+from fsbench.results import atomic_torch_save, remove_stale_temporaries, restore_learner
+from fsbench.trainstate import FILE as EPOCHS_FILE
+from fsbench.trainstate import EpochCheckpoint
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -62,6 +64,9 @@ def run_sessions(learner: FSCILLearner, bench: FSCILBenchmark, ctx: RunContext,
     sessions: list[dict] = []
     times: list[float] = []
     start = 0
+    epochs = ctx.extras["epochs"] = EpochCheckpoint(Path(run_dir) / EPOCHS_FILE)
+    if resume:
+        remove_stale_temporaries(run_dir)
     if resume and ckpt_path.exists():
         state = restore_learner(learner, ckpt_path)
         sessions, times = list(state["sessions"]), list(state["times"])
@@ -96,6 +101,7 @@ def run_sessions(learner: FSCILLearner, bench: FSCILBenchmark, ctx: RunContext,
             lg.on_session(record)
         atomic_torch_save(ckpt_path, {"session": t, "learner": learner.state_dict(),
                                       "sessions": sessions, "times": times})
+        epochs.clear()  # the session's checkpoint supersedes its training's epoch checkpoint
         if stop_after is not None and t >= stop_after and t < proto.num_sessions - 1:
             return {"sessions": sessions, "partial": True, "times": times}
     out = summarize_sessions(sessions)
