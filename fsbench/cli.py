@@ -56,6 +56,11 @@ def main(argv=None) -> int:
             raise
         print(f"fsbench: error: {e}", file=sys.stderr)
         return UserError.exit_code
+    except BrokenPipeError:  # `fsbench list | head`: the reader has what it wanted
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("fsbench: interrupted; resume with `fsbench run --resume RUN_DIR`", file=sys.stderr)
         return 130

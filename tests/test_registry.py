@@ -34,3 +34,9 @@ def test_list_help_and_name_errors_import_no_torch():
     assert proc.returncode == 0, proc.stderr
     assert "unknown method 'nosuch'" in proc.stderr and "unknown dataset 'nosuch'" in proc.stderr
     assert "teen" in proc.stdout and "glyphs" in proc.stdout
+
+
+def test_list_into_a_closed_pipe_is_quiet():
+    proc = subprocess.run(f"{sys.executable} -m fsbench.cli list | head -1", shell=True,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.stdout.strip() == "methods:" and "Traceback" not in proc.stderr, proc.stderr
