@@ -107,12 +107,18 @@ def run(method: str, dataset: str, *, data_root=None, split_dir=None, preset: st
         threads = inv.get("threads", threads)
     else:
         cfg = _config.resolve(method, dataset, preset, overrides)
-        seed = int(seed if seed is not None else cfg.get("seed", 0) or 0)
+        seed = seed if seed is not None else cfg.get("seed", 0) or 0
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= 2**32 - 1:
+            raise UserError(f"--seed {seed}: use a whole number from 0 to 4294967295")
         cfg["seed"] = seed
     threads = _pin_threads(reproducible, threads)
     entry = METHODS.get(method)
     task = entry.task
     dev = resolve_device(device or cfg.get("device"))
+    if task == "fsl" and cfg.get("head", "none") != "none":
+        from fsbench.heads import get_head
+        get_head(cfg["head"], cfg)  # an unknown head or bad head block fails now, not after
+        # training
     options = dict(_config.get(cfg, "data.options", {}) or {})
     if split_dir:
         options["split_dir"] = str(split_dir)
@@ -161,6 +167,7 @@ def run(method: str, dataset: str, *, data_root=None, split_dir=None, preset: st
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
     times = metrics.pop("times", [])
+    elapsed_before = float(metrics.pop("elapsed_before_s", 0.0))  # earlier processes (resume)
     partial = bool(metrics.pop("partial", False))
     backbone = _config.get(cfg, "backbone.name")
     standard = cfg.get("standard_backbone")
@@ -178,7 +185,7 @@ def run(method: str, dataset: str, *, data_root=None, split_dir=None, preset: st
                  **{k: v for k, v in (bench.info or {}).items() if k != "split_id"}},
         "environment": environment(dev),
         "metrics": metrics if task == "fsl" else {k: v for k, v in metrics.items()},
-        "timings": {"total_s": round(time.perf_counter() - t0, 3),
+        "timings": {"total_s": round(elapsed_before + time.perf_counter() - t0, 3),
                     ("per_session_s" if task == "fscil" else "fit_eval_s"):
                         [round(t, 3) for t in times]},
         "started": started, "finished": now_iso(), "run_dir": str(run_dir),

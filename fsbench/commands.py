@@ -16,6 +16,18 @@ def cmd_run(args) -> int:
     for value, registry in ((args.method, METHODS), (args.dataset, DATASETS)):
         if args.resume is None and value not in registry:
             registry.get(value)  # one line naming the choices
+    if args.print_config:
+        import yaml
+
+        from fsbench import config
+
+        if args.resume:
+            raise UserError("--print-config applies to a new run, not --resume")
+        cfg = config.resolve(args.method, args.dataset, args.preset, args.set)
+        if args.seed is not None:
+            cfg["seed"] = args.seed
+        print(yaml.safe_dump(cfg, sort_keys=False, default_flow_style=False), end="")
+        return 0
     from fsbench.api import run
 
     run(args.method, args.dataset, data_root=args.data_root, split_dir=args.split_dir,
@@ -93,6 +105,8 @@ def add_commands(sub) -> None:
                         "exists); see fsbench/repro.py")
     p.add_argument("--threads", type=int, metavar="N",
                    help="CPU threads (recorded in result.json; with --reproducible default 2)")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved configuration (presets, --preset, --set) and exit")
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     p.set_defaults(func=cmd_run, pin=_run_pin)
 

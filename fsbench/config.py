@@ -38,6 +38,8 @@ def read_yaml(path, label: str | None = None) -> dict:
         raise UserError(f"preset {label} not found; check the path") from None
     except OSError as e:
         raise UserError(f"preset {label}: cannot read ({e.strerror})") from None
+    except UnicodeDecodeError:
+        raise UserError(f"preset {label} is not a text (YAML) file; pass a .yaml preset") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
@@ -58,6 +60,25 @@ def deep_merge(base: dict, over: dict) -> dict:
     for k, v in over.items():
         if isinstance(v, dict) and isinstance(out.get(k), dict):
             out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def merge_checked(base: dict, over: dict, source: str, prefix: str = "") -> dict:
+    """``deep_merge`` for user presets: every key must exist in ``base`` (an empty mapping or a
+    null accepts anything) and keep its type (:mod:`fsbench.configschema`)."""
+    from fsbench import configschema
+
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        key = f"{prefix}{k}"
+        if isinstance(out, dict) and out and k not in out:
+            raise configschema.unknown_key(key, str(k), out, source)
+        old = out.get(k)
+        configschema.check_replace(key, old, v, source)
+        if isinstance(v, dict) and isinstance(old, dict):
+            out[k] = merge_checked(old, v, source, f"{key}.") if old else copy.deepcopy(v)
         else:
             out[k] = copy.deepcopy(v)
     return out
@@ -91,17 +112,21 @@ def parse_set(items: list[str] | None) -> list[tuple[list[str], Any]]:
 
 
 def apply_overrides(cfg: dict, overrides: list[tuple[list[str], Any]]) -> dict:
+    from fsbench import configschema
+
     cfg = copy.deepcopy(cfg)
     for path, value in overrides:
         node = cfg
+        key = ".".join(path)
         for i, part in enumerate(path):
             last = i == len(path) - 1
-            if not isinstance(node, dict) or part not in node:
-                known = sorted(node) if isinstance(node, dict) else []
-                raise UserError(f"--set {'.'.join(path)}: unknown key {part!r}"
-                                + (f" under {'.'.join(path[:i])}" if i else "")
-                                + (f"; known keys: {', '.join(map(str, known))}" if known else ""))
+            if not isinstance(node, dict):
+                raise UserError(f"--set {key}: {'.'.join(path[:i])} is a "
+                                f"{configschema._kind(node)}, not a mapping of keys")
+            if part not in node:
+                raise configschema.unknown_key(".".join(path[:i + 1]), part, node, "--set")
             if last:
+                configschema.check_replace(key, node[part], value, "--set")
                 node[part] = value
             else:
                 node = node[part]
@@ -119,17 +144,20 @@ def resolve(method: str, dataset: str, preset_file: str | None = None,
     if mp is not None:
         cfg = deep_merge(cfg, read_yaml(mp, f"{method}/{mp.name}"))
     if preset_file:
-        cfg = deep_merge(cfg, read_yaml(Path(preset_file)))
+        cfg = merge_checked(cfg, read_yaml(Path(preset_file)), f"--preset {preset_file}:")
     if isinstance(overrides, dict):
         overrides = [f"{k}={json.dumps(v)}" for k, v in overrides.items()]
     cfg = apply_overrides(cfg, parse_set(overrides))
     cfg["method"] = method
     cfg["dataset"] = dataset
+    from fsbench import configschema
+
+    configschema.check(cfg)
     try:
-        json.dumps(cfg)
-    except TypeError as e:
-        raise UserError(f"configuration is not plain data ({e}); use numbers, strings, lists "
-                        f"and mappings in presets") from None
+        json.dumps(cfg, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"configuration is not plain data ({e}); use finite numbers, strings, "
+                        f"lists and mappings in presets") from None
     return cfg
 
 

@@ -51,6 +51,9 @@ def resolve_device(name: str | None) -> torch.device:
     except RuntimeError:
         from fsbench.errors import UserError
         raise UserError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if dev.type not in ("cpu", "cuda"):
+        from fsbench.errors import UserError
+        raise UserError(f"--device {name!r}: fsbench runs on cpu or cuda[:N]; use --device cpu")
     if dev.type == "cuda" and not torch.cuda.is_available():
         from fsbench.errors import UserError
         raise UserError("--device cuda: no CUDA device is available here; use --device cpu")

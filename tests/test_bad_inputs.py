@@ -235,3 +235,64 @@ def test_resume_with_a_checkpoint_of_another_shape(tmp_path, capsys):
     code, err = _cli(capsys, "run", "--resume", str(run_dir), "--no-progress")
     _assert_one_line_error(code, err)
     assert "does not fit" in err and key in err
+
+
+# ------------------------------------------------------------------------- configuration
+CONFIG_CASES = {  # --set value -> a word the one-line error must contain
+    "train.epochs=abc": "train.epochs", "train.epochs=[1,2]": "train.epochs",
+    "train.epochs=99999999999999999999": "100000", "train.lr=.nan": "finite",
+    "train.lr=-0.1": "greater than 0", "train.batch_size=0": "train.batch_size",
+    "backbone.hidden=-4": "backbone.hidden", "seed=abc": "seed", "num_workers=-1": "num_workers",
+    "num_workers=abc": "num_workers", "eval.batch_size=0": "eval.batch_size",
+    "data.options=5": "mapping", "train=5": "mapping",
+    "transforms.train=5": "list", "eval=5": "mapping", "train.epochs=-1": "train.epochs",
+    "train.epochs=0": "train.epochs", "train.epochs=2.5": "integer",
+    "classifier.scale=big": "classifier.scale",
+    "train.val_fraction=2": "val_fraction", "trian.epochs=3": "did you mean train",
+    "train.epoch=3": "did you mean train.epochs",
+}
+
+
+@pytest.mark.parametrize("setting", list(CONFIG_CASES))
+def test_bad_configuration_values(tmp_path, capsys, setting):
+    code, err = _cli(capsys, "run", "--method", "ncm", "--dataset", "glyphs", "--set", setting,
+                     "--out", str(tmp_path))
+    _assert_one_line_error(code, err)
+    assert CONFIG_CASES[setting] in err, err
+    assert not any(tmp_path.iterdir())  # refused before a run folder was made
+
+
+@pytest.mark.parametrize("argv,word", [
+    (["--seed", "-1"], "--seed"), (["--seed", "99999999999999999999"], "--seed"),
+    (["--device", "mps"], "--device"), (["--device", "meta"], "--device"),
+    (["--set", "head=nosuch", "--method", "protonet"], "head"),
+])
+def test_bad_run_flags(tmp_path, capsys, argv, word):
+    method = [] if "--method" in argv else ["--method", "ncm"]
+    code, err = _cli(capsys, "run", *method, "--dataset", "synthetic", *argv,
+                     "--out", str(tmp_path))
+    _assert_one_line_error(code, err)
+    assert word in err, err
+
+
+@pytest.mark.parametrize("content,word", [
+    (b"\x89PNG\r\n\x1a\n\x00\x00binary", "not a text"),
+    (b"train: 5\n", "mapping"),
+    (b"train:\n  epochz: 3\n", "did you mean train.epochs"),
+    (b"- a\n- b\n", "mapping"),
+])
+def test_bad_preset_files(tmp_path, capsys, content, word):
+    preset = tmp_path / "p.yaml"
+    preset.write_bytes(content)
+    code, err = _cli(capsys, "run", "--method", "ncm", "--dataset", "glyphs", "--preset",
+                     str(preset), "--out", str(tmp_path / "runs"))
+    _assert_one_line_error(code, err)
+    assert word in err, err
+
+
+def test_print_config_shows_the_resolved_configuration(capsys):
+    import yaml
+    assert main(["run", "--method", "teen", "--dataset", "glyphs", "--set", "teen.alpha=0.3",
+                 "--print-config"]) == 0
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert cfg["teen"]["alpha"] == 0.3 and cfg["train"]["epochs"] == 6 and cfg["method"] == "teen"

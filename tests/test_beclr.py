@@ -302,7 +302,7 @@ def test_end_to_end_synthetic_both_variants(tmp_path):
 
 
 @pytest.mark.parametrize("sets, message", [
-    (["eval.way=50", "train.epochs=0"], "way"),
+    (["eval.way=50", "train.epochs=1"], "way"),
     (["dyce.memory_size=40", "train.epochs=1"], "smaller than one batch"),
     (["dyce.topk=5000", "train.epochs=1"], "larger than the memory"),
     (["train.batch_size=100000"], "larger than the training split"),
@@ -327,7 +327,7 @@ def test_non_finite_features_name_the_global_episode(tmp_path, capsys, monkeypat
         return f
 
     monkeypatch.setattr(BECLR, "embed", nan_embed)
-    assert run_cli(tmp_path, "train.epochs=0", "eval.episodes=60",
+    assert run_cli(tmp_path, "train.epochs=1", "eval.episodes=60",
                    "eval.episodes_per_batch=7") == 2
     err = capsys.readouterr().err.strip()
     test = build_synthetic(None, "fsl", {}).test

@@ -29,3 +29,12 @@ def test_readme_sample_output_is_what_the_command_prints(tmp_path, capsys):
     assert code == 0
     printed = [ln.rstrip() for ln in capsys.readouterr().out.strip().splitlines()]
     assert printed[-len(sample):] == sample, "\n".join(printed)
+
+
+def test_readme_configuration_table_is_generated_from_the_schema():
+    from fsbench.configschema import markdown_table
+
+    text = README.read_text()
+    start = text.index("<!-- generated from fsbench/configschema.py")
+    block = text[text.index("\n", start) + 1:text.index("<!-- end of generated table -->")]
+    assert block.strip() == markdown_table().strip()

@@ -1,0 +1,221 @@
+"""The declared schema of a run configuration (pydantic v2), checked before anything is built.
+
+Two layers, both applied by :func:`fsbench.config.resolve` and :func:`fsbench.api.run`:
+
+1. **Types follow the packaged presets.** A ``--set`` or ``--preset`` value must have the type of
+   the value it replaces (an integer stays an integer, a mapping a mapping, ...; ``null`` in a
+   preset accepts anything), and a key must exist - a typo is named with the nearest valid key.
+2. **Ranges of the keys every method shares** (:class:`RunConfig`): the seed, workers, the
+   ``train`` and ``eval`` budgets and rates, backbone sizes. Each field says what it means; a
+   method's own block (``teen``, ``dyce``, ``opta``, ...) is checked by its module.
+
+An error is one line: the key, the value, what is allowed.
+"""
+from __future__ import annotations
+
+import difflib
+from typing import Annotated, Any, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
+
+from fsbench.errors import UserError
+
+_BIG = 10_000_000
+PosInt = Annotated[StrictInt, Field(ge=1, le=_BIG)]
+Count = Annotated[StrictInt, Field(ge=0, le=_BIG)]
+Rate = Annotated[float, Field(gt=0, le=1000, allow_inf_nan=False)]
+Fraction = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+
+
+class _Block(BaseModel):
+    # Methods add their own keys to these blocks; the declared ones are checked.
+    model_config = ConfigDict(extra="allow")
+
+
+class Train(_Block):
+    epochs: Optional[Annotated[StrictInt, Field(ge=1, le=100_000)]] = Field(
+        None, description="training epochs (a whole number >= 1)")
+    batch_size: Optional[PosInt] = Field(None, description="images per training batch (total)")
+    lr: Optional[Rate] = Field(None, description="learning rate (> 0)")
+    min_lr: Optional[Annotated[float, Field(ge=0, le=1000, allow_inf_nan=False)]] = Field(
+        None, description="final learning rate of a cosine schedule")
+    momentum: Optional[Fraction] = Field(None, description="SGD momentum in [0, 1]")
+    weight_decay: Optional[Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]] = Field(
+        None, description="L2 weight decay")
+    val_fraction: Optional[Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)]] = Field(
+        None, description="share of each base class held out for model selection, in [0, 1)")
+    max_images: Optional[PosInt] = Field(None, description="cap on training images (null = all)")
+    episodes: Optional[Count] = Field(None, description="episodic training episodes (0 = none)")
+    warmup_epochs: Optional[Count] = Field(None, description="linear warm-up epochs")
+
+
+class Eval(_Block):
+    batch_size: Optional[PosInt] = Field(None, description="evaluation batch size (images)")
+    way: Optional[Annotated[StrictInt, Field(ge=2, le=10_000)]] = Field(
+        None, description="FSL: classes per episode")
+    shots: Optional[list[PosInt]] = Field(None, description="FSL: support images per class, "
+                                                            "one evaluation per entry")
+    query: Optional[PosInt] = Field(None, description="FSL: query images per class")
+    episodes: Optional[PosInt] = Field(None, description="FSL: evaluation episodes")
+    episodes_per_batch: Optional[PosInt] = Field(None, description="FSL: episodes per batch")
+    seed: Optional[Annotated[StrictInt, Field(ge=0, le=2**63 - 1)]] = Field(
+        None, description="FSL: seed of the fixed episodes")
+    manifest: Optional[str] = Field(None, description="FSL: episodes.npz of an earlier run")
+
+
+class Backbone(_Block):
+    name: Optional[str] = Field(None, description="conv4, resnet12, resnet18, resnet20, ...")
+    hidden: Optional[PosInt] = Field(None, description="channels of the first stage")
+    weights: Optional[str] = Field(None, description="local weights file (never downloaded)")
+
+
+class Transforms(_Block):
+    train: Optional[list[dict[str, Any]]] = Field(None, description="training transforms, "
+                                                                    "[{name: ..., args}]")
+    test: Optional[list[dict[str, Any]]] = Field(None, description="evaluation transforms")
+    normalize: Optional[dict[str, list[float]]] = Field(None, description="{mean: [...], "
+                                                                          "std: [...]}")
+
+
+class Data(_Block):
+    options: dict[str, Any] = Field(default_factory=dict, description="dataset loader options")
+
+
+class RunConfig(_Block):
+    seed: Annotated[StrictInt, Field(ge=0, le=2**32 - 1)] = Field(
+        0, description="random seed, 0 to 2^32-1")
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    num_workers: Annotated[StrictInt, Field(ge=0, le=256)] = Field(
+        0, description="DataLoader worker processes")
+    select_on_test: StrictBool = Field(False, description="the original CEC/TEEN protocol: "
+                                                          "best base epoch on the test set "
+                                                          "(flagged)")
+    head: str = Field("none", description="FSL inference head on the learner's features "
+                                          "(none, opta)")
+    pretraining: str = Field("none", description="recorded: none, imagenet, self-supervised, "
+                                                 "...")
+    standard_backbone: Optional[str] = Field(None, description="the literature's backbone for "
+                                                               "the dataset (set by presets)")
+    train: Optional[Train] = None
+    eval: Optional[Eval] = None
+    backbone: Optional[Backbone] = None
+    transforms: Optional[Transforms] = None
+    data: Optional[Data] = None
+
+
+def _short(v) -> str:
+    r = repr(v)
+    return r if len(r) <= 60 else r[:57] + "..."
+
+
+def check(cfg: dict) -> None:
+    """Validate the shared keys of a resolved configuration; one-line :class:`UserError`."""
+    try:
+        RunConfig.model_validate(cfg)
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
+        raise UserError(f"config {key} = {_short(err.get('input'))}: {err['msg'].lower()}"
+                        f"{more}; fix it with --set {key}=VALUE or in the preset") from None
+
+
+# Python types in the words errors and the README use (bool before int: a bool is an int).
+_KINDS = ((bool, "boolean"), (int, "integer"), (float, "number"), (str, "string"),
+          (list, "list"), (dict, "mapping"))
+
+
+def _kind(v) -> str:
+    if v is None:
+        return "null"
+    return next((name for t, name in _KINDS if isinstance(v, t)), type(v).__name__)
+
+
+def compatible(old, new) -> bool:
+    """Whether ``new`` may replace the preset's ``old``: the same kind, null either way, and
+    integers and numbers interchangeably (a preset's ``16`` may be a real-valued scale; the keys
+    that must be whole numbers are declared in :class:`RunConfig` or checked by their method)."""
+    if old is None or new is None:
+        return True
+    numeric = {"integer", "number"}
+    ko, kn = _kind(old), _kind(new)
+    return ko == kn or (ko in numeric and kn in numeric)
+
+
+def _a(kind: str) -> str:
+    return f"an {kind}" if kind[0] in "aeiou" else f"a {kind}"
+
+
+def check_replace(key: str, old, new, source: str) -> None:
+    if not compatible(old, new):
+        raise UserError(f"{source} {key} = {_short(new)}: expected {_a(_kind(old))} like the "
+                        f"preset's {_short(old)}, got {_a(_kind(new))}")
+
+
+def unknown_key(key: str, part: str, known, source: str) -> UserError:
+    known = sorted(map(str, known))
+    near = difflib.get_close_matches(part, known, n=1)
+    hint = f"; did you mean {'.'.join(key.split('.')[:-1] + [near[0]])}?" if near else ""
+    listed = f" (valid here: {', '.join(known)})" if known and len(known) <= 25 else ""
+    return UserError(f"{source} {key}: unknown key {part!r}{hint}{listed}")
+
+
+def _constraints(ann, info) -> list:
+    """Every constraint object on a field: its own metadata and inside ``Optional[Annotated]``."""
+    found = list(info.metadata)
+    stack = [ann]
+    while stack:
+        t = stack.pop()
+        for m in getattr(t, "__metadata__", ()):
+            found.extend(getattr(m, "metadata", [m]))
+        if getattr(t, "__origin__", None) is not list:  # a list's items: say so in the type
+            stack.extend(a for a in getattr(t, "__args__", ()) if a is not type(None))
+    return found
+
+
+def _rule(ann, info) -> str:
+    parts = []
+    for m in _constraints(ann, info):
+        for attr, sym in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
+            v = getattr(m, attr, None)
+            if v is not None:
+                parts.append(f"{sym} {v:,}" if isinstance(v, int) else f"{sym} {v}")
+        if getattr(m, "allow_inf_nan", True) is False:
+            parts.append("finite")
+    return ", ".join(dict.fromkeys(parts))
+
+
+def _type_name(ann) -> str:
+    """The base type of an annotation (through Optional and Annotated), in words."""
+    import typing
+
+    names = dict(_KINDS)
+    while True:
+        origin = typing.get_origin(ann)
+        if origin is typing.Annotated:
+            ann = typing.get_args(ann)[0]
+        elif origin is typing.Union:
+            ann = next(a for a in typing.get_args(ann) if a is not type(None))
+        elif origin in names:
+            return names[origin]
+        else:
+            return names.get(ann, str(ann))
+
+
+def markdown_table() -> str:
+    """The README's configuration table, generated from :class:`RunConfig` (a test keeps the
+    README equal to it)."""
+    rows = ["| key | type | allowed | meaning |", "|---|---|---|---|"]
+
+    def walk(model, prefix):
+        for name, info in model.model_fields.items():
+            ann = info.annotation
+            sub = next((a for a in getattr(ann, "__args__", (ann,))
+                        if isinstance(a, type) and issubclass(a, BaseModel)), None)
+            if sub is not None:
+                walk(sub, f"{prefix}{name}.")
+                continue
+            rows.append(f"| `{prefix}{name}` | {_type_name(ann)} | {_rule(ann, info) or '-'} | "
+                        f"{info.description or ''} |")
+    walk(RunConfig, "")
+    return "\n".join(rows)
