@@ -17,6 +17,9 @@ class Logger:
     def on_session(self, record: dict) -> None: ...
     def on_shot(self, shot: int, record: dict) -> None: ...
     def on_end(self, result: dict) -> None: ...
+    def on_resume(self, next_index: int) -> None:
+        """A resumed run continues at session ``next_index`` (FSL: 0, everything re-evaluated);
+        records of later sessions from the interrupted process will be written again."""
 
 
 def _fmt(v, nd=2):
@@ -89,6 +92,23 @@ class FileLogger(Logger):
 class JSONLinesLogger(Logger):
     def __init__(self, path: Path):
         self.path = Path(path)
+
+    def on_resume(self, next_index):
+        """Drop what the interrupted process logged past its last checkpoint (a session whose
+        checkpoint write was killed, partial shot records), so every record appears once."""
+        if not self.path.is_file():
+            return
+        from fsbench.atomic import atomic_write_text
+
+        keep = []
+        for line in self.path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue  # a line cut short by the kill
+            if rec.get("kind") == "session" and int(rec.get("session", -1)) < next_index:
+                keep.append(line)
+        atomic_write_text(self.path, "".join(ln + "\n" for ln in keep))
 
     def _append(self, rec):
         with open(self.path, "a") as f:

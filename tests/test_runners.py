@@ -1,5 +1,6 @@
 """Runners on the tiny in-memory ``synthetic`` dataset: metrics, results, resume, bad input."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -100,3 +101,20 @@ def test_corrupt_checkpoint_is_one_line(tmp_path, capsys):
     ckpt.write_bytes(ckpt.read_bytes()[:100])
     assert main(["run", "--resume", part["run_dir"]]) == 2
     assert "checkpoint" in capsys.readouterr().err
+
+
+def test_resume_logs_each_session_once_and_sums_process_times(tmp_path):
+    """A checkpoint write killed after session 4 was logged: metrics.jsonl then holds a record
+    that the resumed process writes again. The resume drops it; total_s covers both processes."""
+    part = api.run("ncm", "synthetic", overrides=FAST, out_dir=tmp_path, progress=False,
+                   stop_after=3)
+    run_dir = Path(part["run_dir"])
+    log = run_dir / "metrics.jsonl"
+    recs = [json.loads(x) for x in log.read_text().splitlines()]
+    stale = {**recs[-1], "session": 4, "acc": -1.0}
+    log.write_text(log.read_text() + json.dumps(stale) + "\n" + '{"kind": "sess')  # + torn line
+    resumed = api.run(None, None, resume=part["run_dir"], progress=False)
+    sessions = [json.loads(x)["session"] for x in log.read_text().splitlines()]
+    assert sessions == list(range(len(resumed["metrics"]["sessions"])))
+    first = sum(s["seconds"] for s in resumed["metrics"]["sessions"][:4])
+    assert resumed["timings"]["total_s"] >= first

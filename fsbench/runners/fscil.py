@@ -67,10 +67,16 @@ def run_sessions(learner: FSCILLearner, bench: FSCILBenchmark, ctx: RunContext,
     epochs = ctx.extras["epochs"] = EpochCheckpoint(Path(run_dir) / EPOCHS_FILE)
     if resume:
         remove_stale_temporaries(run_dir)
+    elapsed_before = 0.0  # seconds of earlier processes of this run, up to their checkpoint
+    started = time.perf_counter()
     if resume and ckpt_path.exists():
         state = restore_learner(learner, ckpt_path)
         sessions, times = list(state["sessions"]), list(state["times"])
         start = int(state["session"]) + 1
+        elapsed_before = float(state.get("elapsed_s", sum(times)))
+    if resume:
+        for lg in loggers:
+            lg.on_resume(start)
     test_features = None
     if ctx.get("select_on_test", False):  # the original CEC/TEEN protocol; flagged in the result
         ctx.extras["base_test"] = test.subset(proto.test_indices(0, bench.test.labels))
@@ -100,10 +106,13 @@ def run_sessions(learner: FSCILLearner, bench: FSCILBenchmark, ctx: RunContext,
         for lg in loggers:
             lg.on_session(record)
         atomic_torch_save(ckpt_path, {"session": t, "learner": learner.state_dict(),
-                                      "sessions": sessions, "times": times})
+                                      "sessions": sessions, "times": times,
+                                      "elapsed_s": elapsed_before + time.perf_counter() - started})
         epochs.clear()  # the session's checkpoint supersedes its training's epoch checkpoint
         if stop_after is not None and t >= stop_after and t < proto.num_sessions - 1:
-            return {"sessions": sessions, "partial": True, "times": times}
+            return {"sessions": sessions, "partial": True, "times": times,
+                    "elapsed_before_s": elapsed_before}
     out = summarize_sessions(sessions)
     out["times"] = times
+    out["elapsed_before_s"] = elapsed_before
     return out

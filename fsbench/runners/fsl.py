@@ -116,16 +116,22 @@ def run_fsl(learner: FSLLearner, bench: FSLBenchmark, ctx: RunContext, run_dir: 
     ckpt = Path(run_dir) / CHECKPOINT
     episodes = prepare_episodes(bench.test, ctx, run_dir)  # fail early on impossible episodes
     t0 = time.perf_counter()
+    elapsed_before = 0.0
+    if resume:
+        for lg in loggers:
+            lg.on_resume(0)  # the episodes are evaluated again
     if resume and ckpt.exists():
-        restore_learner(learner, ckpt)
+        elapsed_before = float(restore_learner(learner, ckpt).get("elapsed_s", 0.0))
     else:
         seed_everything(derive_seed(ctx.seed, "fit"))
         ctx.extras["val"] = bench.val
         learner.train()
         learner.fit(bench.train, ctx)
-        atomic_torch_save(ckpt, {"stage": "fit", "learner": learner.state_dict()})
+        atomic_torch_save(ckpt, {"stage": "fit", "learner": learner.state_dict(),
+                                 "elapsed_s": time.perf_counter() - t0})
     fit_s = time.perf_counter() - t0
     seed_everything(derive_seed(ctx.seed, "eval"))
     metrics = evaluate(learner, bench.test, ctx, run_dir, loggers, episodes)
     metrics["times"] = [fit_s, time.perf_counter() - t0 - fit_s]
+    metrics["elapsed_before_s"] = elapsed_before
     return metrics
