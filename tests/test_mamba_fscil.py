@@ -175,3 +175,36 @@ def test_bad_options_are_one_line_errors():
                                                                 "neck.mid_channels": 8})
     with pytest.raises(UserError, match="out_channels"):
         METHODS.get("mamba_fscil").obj(cfg, info)
+
+
+# ----------------------------------------------------------------------------- runs
+SHORT = {"train.epochs": 2, "incremental.steps": 10}
+
+
+def _sessions(r):
+    return [{k: v for k, v in s.items() if k != "seconds"} for s in r["metrics"]["sessions"]]
+
+
+def test_resume_gives_identical_numbers(tmp_path):
+    fast = {"train.epochs": 1, "incremental.steps": 6}
+    full = api.run("mamba_fscil", "synthetic", overrides=fast, out_dir=tmp_path / "a",
+                   progress=False)
+    part = api.run("mamba_fscil", "synthetic", overrides=fast, out_dir=tmp_path / "b",
+                   progress=False, stop_after=2)  # interrupted after session 2
+    assert part["status"] == "partial" and len(part["metrics"]["sessions"]) == 3
+    resumed = api.run(None, None, resume=part["run_dir"], progress=False)
+    assert resumed["status"] == "complete" and _sessions(resumed) == _sessions(full)
+    assert full["flags"]["selected_on_test"] is False
+
+
+def test_short_glyphs_run_learns(tmp_path):
+    """2 base epochs + 10 steps per session: far above chance (100 classes in the last session,
+    chance 1%; base classes are 60% of the test images). Margin: last-session accuracy > 25%,
+    novel classes > 5% on average (chance among 100: 1%)."""
+    r = api.run("mamba_fscil", "glyphs", overrides=SHORT, out_dir=tmp_path, progress=False)
+    s = r["metrics"]["sessions"]
+    assert len(s) == 9 and s[-1]["num_seen"] == 100
+    assert s[0]["acc"] > 50, s[0]
+    assert s[-1]["acc"] > 25, s[-1]
+    novel = [x["novel_acc"] for x in s[1:]]
+    assert sum(novel) / len(novel) > 5, novel

@@ -200,9 +200,9 @@ class MambaFSCIL(FSCILLearner):
             ys.append(torch.arange(nb).repeat(self.base_copies[i]))
         return torch.cat(parts), torch.cat(ys)
 
-    def step_loss(self, f, y):
+    def step_loss(self, f, y, main=None):
         o, nb = self.inc, self.info.num_base
-        out = self.neck(f)
+        out = self.neck(f, main)
         is_base = y < nb
         loss = suppression(out["z_inc"], is_base, float(o["supp_base"]), float(o["supp_novel"]))
         loss = loss + separation(out["params_inc"], is_base, float(o["sep_new"]))
@@ -238,6 +238,11 @@ class MambaFSCIL(FSCILLearner):
         self.neck.train()
         if self.neck.detach_residual:
             self.neck.base.eval()
+        main = None
+        if mult == 0 and float(o["sep_base"]) == 0:  # frozen base branch: compute it once
+            with torch.no_grad():
+                main = torch.cat([self.neck.main(feats[s:s + 256].to(self.device))[0]
+                                  for s in range(0, len(labels), 256)])
         order, pos, losses = torch.randperm(len(labels)), 0, []
         for step in range(1, steps + 1):
             if pos + bs > len(labels):  # drop the last partial batch, reshuffle
@@ -247,7 +252,8 @@ class MambaFSCIL(FSCILLearner):
             cur = cooldown_lr(step, steps, lr, o)
             for g in opt.param_groups:
                 g["lr"] = cur * g["mult"]
-            loss = self.step_loss(feats[idx].to(self.device), labels[idx].to(self.device))
+            loss = self.step_loss(feats[idx].to(self.device), labels[idx].to(self.device),
+                                  None if main is None else main[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -84,19 +84,26 @@ class MambaNeck(nn.Module):
         self.detach_residual = bool(opts["detach_residual"])
         self.use_inc = False  # switched on after the base session
 
-    def forward(self, f: torch.Tensor) -> dict:
-        """``{"out": (b, out), "z_inc", "params", "params_inc"}`` (the last ones from the
-        row-major scan; ``None`` for the incremental branch while it is off)."""
+    def main(self, f: torch.Tensor):
+        """Base branch + residual: ``(g_base(f) + r(f), base scan parameters)``."""
         res = f.mean((2, 3))
         if self.residual_proj is not None:
             res = self.residual_proj(res)
         y, _, params = self.base(f)
+        return y + res, params
+
+    def forward(self, f: torch.Tensor, main: torch.Tensor | None = None) -> dict:
+        """``{"out": (b, out), "z_inc", "params", "params_inc"}`` (the last ones from the
+        row-major scan; ``None`` for the incremental branch while it is off). ``main``: the
+        base branch + residual, when the caller already has it (frozen base branch)."""
+        params = None
+        if main is None:
+            main, params = self.main(f)
         out = {"params": params, "z_inc": None, "params_inc": None}
         if not self.use_inc:
-            out["out"] = y + res
+            out["out"] = main
             return out
         y_inc, z_inc, params_inc = self.inc(f.detach())
-        main = y + res
         out["out"] = (main.detach() if self.detach_residual else main) + y_inc
         out.update(z_inc=z_inc, params_inc=params_inc)
         return out
