@@ -7,7 +7,8 @@
 * ``resnet50`` - torchvision's ResNet-50 trunk, 2048-d (BECLR).
 * ``resnet20`` - the CIFAR ResNet-20 of TOPIC/CEC/TEEN (3 stages x 3 basic blocks, 16-32-64).
 
-Every backbone maps ``(B, C, H, W)`` to ``(B, out_dim)`` (global average pooling).
+Every backbone maps ``(B, C, H, W)`` to ``(B, out_dim)`` (global average pooling);
+``feature_map(x)`` gives the map before that pooling, ``(B, out_dim, h, w)`` (Mamba-FSCIL's neck).
 """
 from __future__ import annotations
 
@@ -33,8 +34,11 @@ class Conv4(nn.Module):
         self.features = nn.Sequential(*layers)
         self.out_dim = hidden
 
+    def feature_map(self, x):
+        return self.features(x)
+
     def forward(self, x):
-        return F.adaptive_avg_pool2d(self.features(x), 1).flatten(1)
+        return F.adaptive_avg_pool2d(self.feature_map(x), 1).flatten(1)
 
 
 class _Res12Block(nn.Module):
@@ -58,8 +62,11 @@ class ResNet12(nn.Module):
         self.layers = nn.Sequential(*[_Res12Block(chans[i], chans[i + 1]) for i in range(4)])
         self.out_dim = widths[-1]
 
+    def feature_map(self, x):
+        return self.layers(x)
+
     def forward(self, x):
-        return F.adaptive_avg_pool2d(self.layers(x), 1).flatten(1)
+        return F.adaptive_avg_pool2d(self.feature_map(x), 1).flatten(1)
 
 
 class _BasicBlock(nn.Module):
@@ -95,9 +102,11 @@ class ResNet20(nn.Module):
         self.layers = nn.Sequential(*layers)
         self.out_dim = widths[-1]
 
+    def feature_map(self, x):
+        return self.layers(F.relu(self.bn1(self.conv1(x))))
+
     def forward(self, x):
-        x = self.layers(F.relu(self.bn1(self.conv1(x))))
-        return F.adaptive_avg_pool2d(x, 1).flatten(1)
+        return F.adaptive_avg_pool2d(self.feature_map(x), 1).flatten(1)
 
 
 class TorchvisionResNet(nn.Module):
@@ -116,6 +125,11 @@ class TorchvisionResNet(nn.Module):
             net.maxpool = nn.Identity()
         net.fc = nn.Identity()
         self.net = net
+
+    def feature_map(self, x):
+        n = self.net
+        x = n.maxpool(n.relu(n.bn1(n.conv1(x))))
+        return n.layer4(n.layer3(n.layer2(n.layer1(x))))
 
     def forward(self, x):
         return self.net(x)
@@ -176,6 +190,15 @@ _BUILDERS = {
     "resnet20": lambda c, **kw: ResNet20(c, **kw),
     "resnet50": lambda c, **kw: ResNet50(c, **kw),
 }
+
+
+def check_pretraining(config: dict) -> None:
+    """``pretraining: imagenet`` needs ``backbone.weights`` (a one-line UserError otherwise)."""
+    if config.get("pretraining") == "imagenet" and not (config.get("backbone") or {}).get(
+            "weights"):
+        raise UserError("pretraining: imagenet needs ImageNet weights: pass --set "
+                        "backbone.weights=PATH (torchvision's resnet18-f37072fd.pth), or "
+                        "--set pretraining=none to train the backbone from scratch")
 
 
 def available() -> list[str]:

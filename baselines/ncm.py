@@ -14,7 +14,7 @@ from fsbench.errors import UserError
 from fsbench.learner import DataInfo, FSCILLearner, Session
 from fsbench.registry import register_method
 
-from .backbones import build_backbone
+from .backbones import build_backbone, check_pretraining
 from .protos import CosineClassifier, class_means
 from .training import train_supervised
 
@@ -26,11 +26,7 @@ class PrototypeFSCIL(FSCILLearner):
 
     def __init__(self, config: dict, info: DataInfo):
         super().__init__(config, info)
-        if config.get("pretraining") == "imagenet" and not (config.get("backbone") or {}).get(
-                "weights"):
-            raise UserError("pretraining: imagenet needs ImageNet weights: pass --set "
-                            "backbone.weights=PATH (torchvision's resnet18-f37072fd.pth), or "
-                            "--set pretraining=none to train the backbone from scratch")
+        check_pretraining(config)
         self.backbone = build_backbone(config.get("backbone", {}), info.channels)
         scale = float(config.get("classifier", {}).get("scale", 16.0))
         if scale <= 0:

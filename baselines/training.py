@@ -70,8 +70,11 @@ def accuracy(backbone: nn.Module, head: nn.Module, data: ImageDataset, ctx, num:
 
 
 def train_supervised(backbone: nn.Module, head: nn.Module, data: ImageDataset, ctx,
-                     t: dict, num_classes: int, desc: str = "base") -> dict:
-    """Train ``head(backbone(x), num_classes)`` with cross-entropy on ``data``; returns a log."""
+                     t: dict, num_classes: int, desc: str = "base", loss_fn=None) -> dict:
+    """Train ``head(backbone(x), num_classes)`` with cross-entropy on ``data``; returns a log.
+
+    ``loss_fn(features, labels)``, when given, replaces the cross-entropy (e.g. Mamba-FSCIL's
+    dot-regression loss against a fixed ETF); selection still uses ``head``'s arg-max."""
     epochs = int(t.get("epochs", 1))
     select = t.get("select", "val")
     if ctx.get("select_on_test", False):
@@ -103,7 +106,9 @@ def train_supervised(backbone: nn.Module, head: nn.Module, data: ImageDataset, c
         tot, n = 0.0, 0
         for x, y in loader:
             x, y = x.to(ctx.device), y.to(ctx.device)
-            loss = F.cross_entropy(head(backbone(x), num_classes), y)
+            f = backbone(x)
+            loss = (loss_fn(f, y) if loss_fn is not None
+                    else F.cross_entropy(head(f, num_classes), y))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
