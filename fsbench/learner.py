@@ -44,6 +44,9 @@ class DataInfo:
     num_base: int = 0
     way: int = 0
     shot: int = 0
+    #: Readable names of the training classes (FSL: per train label; FSCIL: per class position),
+    #: from :func:`fsbench.clip.class_names`; names, never test labels. None when not filled.
+    class_names: Optional[list] = None
 
 
 @dataclass

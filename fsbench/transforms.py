@@ -70,8 +70,17 @@ def _timm_rand_augment(config: str = "rand-n2-m10-mstd0.5", translate_const: int
     return apply
 
 
+def _resize(size, interpolation: str = "bilinear"):
+    modes = {"bilinear": v2.InterpolationMode.BILINEAR, "bicubic": v2.InterpolationMode.BICUBIC,
+             "nearest": v2.InterpolationMode.NEAREST}
+    if interpolation not in modes:
+        raise UserError(f"transform resize: interpolation must be one of {sorted(modes)}, not "
+                        f"{interpolation!r}")
+    return v2.Resize(size, interpolation=modes[interpolation], antialias=True)
+
+
 _FACTORIES: dict[str, Callable] = {
-    "resize": lambda size: v2.Resize(size, antialias=True),
+    "resize": _resize,
     "center_crop": lambda size: v2.CenterCrop(size),
     "random_crop": lambda size, padding=0: v2.RandomCrop(size, padding=padding),
     "random_resized_crop": lambda size, scale=(0.08, 1.0): v2.RandomResizedCrop(
