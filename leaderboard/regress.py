@@ -190,6 +190,8 @@ def regress_embedded(path: Path, methods: list[str] | None = None, runner=None,
     for e in entries:
         overrides = {**doc.get("default_overrides", {}), **e.get("overrides", {})}
         tol = parse_tolerance(e.get("tolerance", doc["tolerance"]), DEFAULT_TOLERANCE)
+        out(f"  running {e['method']} (seed {e['seed']}, {e.get('runtime_s', '?')} s when the "
+            f"file was made) ...")
         result, secs = _run_entry(runner, e["method"], doc["dataset"], overrides, e["seed"])
         got = metrics_of(result)
         note = ""
