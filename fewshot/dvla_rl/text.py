@@ -88,16 +88,12 @@ def build_text_encoder(cfg: dict, dataset: str, train=None, *, seed: int = 0,
         clip = _clip_module()
         if train is None:  # --resume: same training split, the CLIP comes from its cache
             train = _glyphs_train()
-        import unicodedata
-
         captions = []
         for n in train.class_names:
             try:
-                captions.append([clip.unicode_caption(unicodedata.lookup(n))])
-            except KeyError:
-                captions.append([n.lower()])
-        images = train.images if hasattr(train, "images") else \
-            np.stack([train.load(i) for i in range(len(train))])
-        bundle = clip.glyphs_clip(images, captions, train.labels, seed=seed, progress=progress)
+                captions.append(clip.unicode_caption(n))
+            except ValueError:
+                captions.append(n.lower())
+        bundle = clip.glyphs_clip(train, captions, seed=seed, progress=progress)
         return ClipEncoder(bundle, "glyphs_clip")
     raise UserError(f"text.encoder: {kind!r} is not openai_clip, glyphs_clip or words")
