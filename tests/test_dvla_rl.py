@@ -44,12 +44,12 @@ def test_policy_parameters_follow_kappa_p_and_mean_is_p():
 def test_reinforce_moves_alpha_toward_the_rewarded_side(kind, rewarded):
     torch.manual_seed(0)
     pol = GatePolicy(3, kind, hidden=16)
-    opt = torch.optim.Adam(pol.parameters(), lr=0.05)
+    opt = torch.optim.Adam(pol.parameters(), lr=0.1)
     rl = Reinforce(momentum=0.9, tau=0.2)
     s = torch.randn(1, 7).expand(32, 7)
     s = torch.cat([s[:, :-1], torch.full((32, 1), 0.3)], 1)  # cos 0.3
     start = float(pol.mean(s[:1]).detach())
-    for _ in range(150):
+    for _ in range(60):
         alpha, logp, ent = pol.act(s)
         reward = 1 - (alpha - rewarded).abs()  # bandit: reward = closeness to one side
         loss = rl.loss(reward, logp, ent)
@@ -198,24 +198,68 @@ def test_presets_paper_values():
 
 
 def test_bad_settings_are_one_line_errors(tmp_path):
-    for sets, msg in [({"rla.policy": "gauss"}, "rla.policy"),
-                      ({"rla.alpha_fixed": 2}, "alpha_fixed"),
-                      ({"backbone.name": "vgg"}, "not a DVLA-RL backbone")]:
-        with pytest.raises(UserError, match=msg):
-            api.run("dvla_rl", "glyphs", overrides={**SHORT, **sets}, out_dir=tmp_path,
-                    progress=False)
+    from fsbench.fewshot.dvla_rl.learner import DVLARL
+    from fsbench.learner import DataInfo
+
+    info = DataInfo(channels=1, image_size=32, num_classes=10)
+    for sets, msg in [(["rla.policy=gauss"], "rla.policy"), (["rla.alpha_fixed=2"], "alpha_fixed"),
+                      (["backbone.name=vgg"], "not a DVLA-RL backbone"),
+                      (["backbone.weights=/nonexistent/x.pt"], "not found")]:
+        with pytest.raises(UserError, match=msg) as e:
+            DVLARL(config.resolve("dvla_rl", "glyphs", overrides=sets), info)
+        assert "\n" not in str(e.value)
+    learner = DVLARL(config.resolve("dvla_rl", "glyphs"), info)
+    with pytest.raises(UserError, match="needs class_names"):
+        learner.predict_episodes(torch.zeros(1, 5, 1, 32, 32), torch.arange(5)[None],
+                                 torch.zeros(1, 5, 1, 32, 32))
+    with pytest.raises(UserError, match="needs an attribute JSON file"):
+        from fsbench.fewshot.dvla_rl.semantics import build_source
+        build_source("auto", "miniimagenet")
+
+
+def test_backbone_weights_from_a_local_file(tmp_path):
+    from fsbench.fewshot.dvla_rl.backbone import build_staged
+
+    torch.manual_seed(0)
+    src = build_staged({"name": "glyphnet"}, 1, 32)
+    torch.save(src.state_dict(), tmp_path / "g.pt")
+    dst = build_staged({"name": "glyphnet", "weights": str(tmp_path / "g.pt")}, 1, 32)
+    assert all(torch.equal(a, b) for a, b in zip(src.state_dict().values(),
+                                                 dst.state_dict().values()))
+    with pytest.raises(UserError, match="not a glyphnet state dict"):
+        build_staged({"name": "glyphnet", "widths": [32, 64, 64, 96],
+                      "weights": str(tmp_path / "g.pt")}, 1, 32)
+
+
+def test_visformer_stage_interface_appends_and_strips_tokens():
+    from fsbench.fewshot.dvla_rl.backbone import VisformerStaged
+
+    torch.manual_seed(0)
+    net = VisformerStaged(3, 64).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        h = net.embed(0, net.stem(x))
+        plain = net.stage(0, h, None)
+        extra = net.stage(0, h, torch.randn(2, 5, net.dims[0]))
+        assert plain.shape == extra.shape == h.shape  # extra rows removed after the stage
+        assert not torch.allclose(plain, extra)  # ... but attended to inside it
+        assert net(x).shape == (2, net.out_dim) == (2, 384)
+        assert torch.allclose(net(x), net.net.forward_head(net.net.forward_features(x),
+                                                           pre_logits=True), atol=1e-5)
 
 
 # ------------------------------------------------------------------------------ glyphs run
+# The glyphs CLIP (fsbench.clip) takes minutes to train the first time; the short run uses the
+# untrained ``words`` text encoder so that it stays a fast test of the whole pipeline.
 SHORT = {"text.encoder": "words", "text.dim": 64, "pretrain.epochs": 1,
-         "pretrain.max_images": 4096, "meta.episodes": 30, "eval.episodes": 100}
+         "pretrain.max_images": 2048, "meta.episodes": 20, "eval.episodes": 50}
 
 
 def test_glyphs_end_to_end_above_chance_and_resume(tmp_path):
     r = api.run("dvla_rl", "glyphs", overrides=SHORT, out_dir=tmp_path, progress=False)
     shots = r["metrics"]["shots"]
-    # 5-way: chance is 20%; a short run must clear it by 10 points (1-shot) and 15 (5-shot)
-    assert shots["1"]["mean"] > 30 and shots["5"]["mean"] > 35, shots
+    # 5-way: chance is 20%; this short run must clear it by 7 points (1-shot) and 12 (5-shot)
+    assert shots["1"]["mean"] > 27 and shots["5"]["mean"] > 32, shots
     again = api.run(None, None, resume=r["run_dir"], progress=False)
     for k in ("1", "5"):
         assert again["metrics"]["shots"][k]["per_episode"] == shots[k]["per_episode"]

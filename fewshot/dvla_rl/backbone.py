@@ -17,6 +17,7 @@ Interface (:class:`Staged`): ``stem(x)`` runs stage 1 and returns a map ``(B, C1
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -60,15 +61,7 @@ class VisformerStaged(Staged):
         self.net = timm.create_model("visformer_tiny", pretrained=False, num_classes=0,
                                      in_chans=in_channels, img_size=img_size)
         if weights:
-            state = load_state_dict_file(weights, "backbone.weights")
-            state = {k: v for k, v in state.items() if not k.startswith("head.")}
-            own = self.net.state_dict()
-            bad = [k for k in state if k not in own or own[k].shape != state[k].shape]
-            missing = [k for k in own if k not in state]
-            if bad or missing:
-                raise UserError(f"backbone.weights {weights}: not a timm visformer_tiny state dict "
-                                f"({'unexpected/wrong shape ' + str(bad[:3]) if bad else 'missing ' + str(missing[:3])})")
-            self.net.load_state_dict(state, strict=False)
+            load_same_shape(self.net, weights, "timm visformer_tiny")
         n = self.net
         self.dims = (n.patch_embed2.proj.out_channels, n.patch_embed3.proj.out_channels)
         self.out_dim = n.num_features
@@ -147,6 +140,24 @@ class GlyphNet(Staged):
         return F.adaptive_avg_pool2d(x, 1).flatten(1)
 
 
+def load_same_shape(module: nn.Module, path: str, what: str) -> None:
+    """Load a local state dict into ``module`` (``head.*`` ignored); every other tensor must be
+    there with the same shape."""
+    if not Path(path).expanduser().is_file():
+        raise UserError(f"backbone.weights: file {path} not found; pass the path of a local "
+                        f"{what} state dict")
+    state = load_state_dict_file(path, "backbone.weights")
+    state = {k: v for k, v in state.items() if not k.startswith("head.")}
+    own = module.state_dict()
+    bad = [k for k in state if k not in own or own[k].shape != state[k].shape]
+    missing = [k for k in own if k not in state]
+    if bad or missing:
+        detail = f"unexpected or wrong shape {bad[:3]}" if bad else f"missing {missing[:3]}"
+        raise UserError(f"backbone.weights {path}: not a {what} state dict ({detail}); pass a "
+                        f"state dict of the same model")
+    module.load_state_dict(state, strict=False)
+
+
 def build_staged(cfg: dict, in_channels: int, img_size: int) -> Staged:
     cfg = dict(cfg or {})
     name = cfg.pop("name", "visformer_tiny")
@@ -158,11 +169,12 @@ def build_staged(cfg: dict, in_channels: int, img_size: int) -> Staged:
                             f"{', '.join(cfg)}")
         return VisformerStaged(in_channels, img_size, weights)
     if name == "glyphnet":
-        if weights:
-            raise UserError("backbone.weights: glyphnet is trained from scratch; drop the key")
         try:
-            return GlyphNet(in_channels, **cfg)
+            net = GlyphNet(in_channels, **cfg)
         except TypeError as e:
             raise UserError(f"backbone: bad option for glyphnet: {e}") from None
+        if weights:
+            load_same_shape(net, weights, "glyphnet")
+        return net
     raise UserError(f"backbone.name: {name!r} is not a DVLA-RL backbone; use visformer_tiny or "
                     f"glyphnet")
