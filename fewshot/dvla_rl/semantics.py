@@ -74,7 +74,7 @@ class JsonAttributes(AttributeSource):
     def __init__(self, path: str | Path):
         self.path = Path(path).expanduser()
         self.label = f"json:{self.path.name}"
-        where = f"rla/dsc attributes file {self.path}"
+        where = f"dsc.source: attributes file {self.path}"
         try:
             data = json.loads(self.path.read_text())
         except FileNotFoundError:
