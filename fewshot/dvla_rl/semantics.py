@@ -203,21 +203,35 @@ def _unit(x: torch.Tensor) -> torch.Tensor:
 def progressive_topk(encode: Encoder, prompt_name: str, candidates: Sequence[str],
                      k: int) -> list[str]:
     """The k attributes chosen by progressive top-k (order of selection)."""
-    cands = list(dict.fromkeys(c for c in candidates))
-    if not cands or k <= 0:
-        return []
-    feats = _unit(encode(cands))
-    template = TEMPLATE.format(prompt_name)
-    chosen: list[int] = []
-    for _ in range(min(k, len(cands))):
-        t = _unit(encode([template]))[0]
-        s = feats @ t
-        if chosen:
-            s[chosen] = float("-inf")
-        j = int(torch.argmax(s))  # first maximum on ties
-        chosen.append(j)
-        template = EXTEND.format(template, cands[j])
-    return [cands[j] for j in chosen]
+    return progressive_topk_many(encode, [prompt_name], [candidates], k)[0]
+
+
+def progressive_topk_many(encode: Encoder, prompt_names: Sequence[str],
+                          candidates: Sequence[Sequence[str]], k: int) -> list[list[str]]:
+    """:func:`progressive_topk` for many classes at once: one text-encoder batch per round."""
+    cands = [list(dict.fromkeys(c)) for c in candidates]
+    offs = [0]
+    for c in cands:
+        offs.append(offs[-1] + len(c))
+    flat = [a for c in cands for a in c]
+    if not flat or k <= 0:
+        return [[] for _ in cands]
+    feats = _unit(encode(flat))
+    templates = [TEMPLATE.format(p) for p in prompt_names]
+    chosen: list[list[int]] = [[] for _ in cands]
+    for _ in range(k):
+        active = [i for i, c in enumerate(cands) if len(chosen[i]) < len(c)]
+        if not active:
+            break
+        t = _unit(encode([templates[i] for i in active]))
+        for row, i in enumerate(active):
+            sc = feats[offs[i]:offs[i + 1]] @ t[row]
+            if chosen[i]:
+                sc[chosen[i]] = float("-inf")
+            j = int(torch.argmax(sc))  # first maximum on ties
+            chosen[i].append(j)
+            templates[i] = EXTEND.format(templates[i], cands[i][j])
+    return [[c[j] for j in ch] for c, ch in zip(cands, chosen)]
 
 
 def template_description(prompt_name: str, attributes: Sequence[str]) -> str:
@@ -241,22 +255,28 @@ class ClassSemantics:
         self.selected: dict[str, list[str]] = {}
         self.descriptions: dict[str, str] = {}
 
-    def _build(self, name: str) -> None:
-        pn = self.source.prompt_name(name)
-        with torch.no_grad():
-            attrs = progressive_topk(self.encode, pn, self.source.attributes(name), self.k)
-            desc = self.source.description(name) or template_description(pn, attrs)
-            rows = _unit(self.encode(attrs + [desc, TEMPLATE.format(pn)])).cpu()
-        tok = rows[:-1]
-        if len(attrs) < self.k:  # pad with the description row
-            tok = torch.cat([tok[:-1]] + [tok[-1:]] * (self.k - len(attrs) + 1))
-        self._tokens[name], self._target[name] = tok, rows[-1]
-        self.selected[name], self.descriptions[name] = attrs, desc
-
     def prepare(self, names: Sequence[str]) -> None:
-        for n in dict.fromkeys(names):
-            if n not in self._tokens:
-                self._build(n)
+        """Select, describe and encode every class not cached yet (batched over classes)."""
+        todo = [n for n in dict.fromkeys(names) if n not in self._tokens]
+        if not todo:
+            return
+        pns = [self.source.prompt_name(n) for n in todo]
+        with torch.no_grad():
+            sel = progressive_topk_many(self.encode, pns,
+                                        [self.source.attributes(n) for n in todo], self.k)
+            descs = [self.source.description(n) or template_description(pn, a)
+                     for n, pn, a in zip(todo, pns, sel)]
+            texts = [t for a, d, pn in zip(sel, descs, pns) for t in a + [d, TEMPLATE.format(pn)]]
+            rows = _unit(self.encode(texts)).cpu()
+        at = 0
+        for n, a, d in zip(todo, sel, descs):
+            r = rows[at:at + len(a) + 2]
+            at += len(a) + 2
+            tok = r[:-1]
+            if len(a) < self.k:  # pad with the description row
+                tok = torch.cat([tok[:-1]] + [tok[-1:]] * (self.k - len(a) + 1))
+            self._tokens[n], self._target[n] = tok, r[-1]
+            self.selected[n], self.descriptions[n] = a, d
 
     def tokens(self, names: Sequence[str]) -> torch.Tensor:
         self.prepare(names)
