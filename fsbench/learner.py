@@ -109,6 +109,9 @@ class Learner:
 
 class FSLLearner(Learner):
     task = "fsl"
+    #: ``predict_episodes`` takes ``class_names`` (the names of each episode's classes, in label
+    #: order): semantic side information about the support classes, never the query labels.
+    uses_class_names = False
 
     def fit(self, train: ImageDataset, ctx) -> None:
         """Optional (pre)training on the base split; default: nothing."""

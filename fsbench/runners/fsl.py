@@ -3,7 +3,10 @@
 Episodes are drawn once with the largest shot of ``eval.shots`` and frozen into a manifest
 (``episodes.npz`` in the run folder, or ``eval.manifest`` to reuse one), so every method and every
 shot is evaluated on identical episodes; a k-shot task keeps the first k support images per class.
-Learners with ``embed`` are evaluated on features extracted once per test image.
+Learners with ``embed`` are evaluated on features extracted once per test image. Learners that
+set ``uses_class_names`` (methods with class semantics, e.g. DVLA-RL) also get the names of each
+episode's classes in label order: the support labels are known in few-shot learning, and a name is
+side information about a support class; the query labels are never passed.
 """
 from __future__ import annotations
 
@@ -77,6 +80,7 @@ def evaluate(learner: FSLLearner, test: ImageDataset, ctx: RunContext, run_dir: 
         raise UserError(f"head={ctx.config.get('head')}: this learner has no embed(); heads need "
                         f"features")
     predict = head or learner.predict_episodes
+    with_names = head is None and bool(getattr(learner, "uses_class_names", False))
     chunk = int(ctx.get("eval.episodes_per_batch", 100))
     out = {}
     for k in shots:
@@ -92,9 +96,13 @@ def evaluate(learner: FSLLearner, test: ImageDataset, ctx: RunContext, run_dir: 
                 xs, xq = features[torch.from_numpy(sup)], features[torch.from_numpy(qry)]
             else:
                 xs, xq = _images(test, sup, ctx), _images(test, qry, ctx)
+            kw = {}
+            if with_names:
+                kw["class_names"] = [[test.class_names[int(c)] for c in row]
+                                     for row in eps.classes[s:s + chunk]]
             with torch.no_grad():
                 try:
-                    logits = predict(xs.to(ctx.device), sl.to(ctx.device), xq.to(ctx.device))
+                    logits = predict(xs.to(ctx.device), sl.to(ctx.device), xq.to(ctx.device), **kw)
                 except EpisodeError as e:  # position in this chunk -> global episode index
                     raise e.shifted(s) from None
             if not torch.isfinite(logits).all():
