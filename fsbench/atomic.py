@@ -12,12 +12,17 @@ from typing import IO, Iterator
 from fsbench.errors import UserError
 
 
-def unwritable(path: str | Path, e: OSError) -> UserError:
+class UnwritableError(UserError, OSError):
+    """A path that cannot be written: a one-line :class:`UserError` for the CLI, and still an
+    :class:`OSError` for code that handles I/O errors."""
+
+
+def unwritable(path: str | Path, e: OSError) -> UnwritableError:
     """The one-line error for a path that cannot be written (a file where a folder should be,
     a read-only or virtual file system, a name over the 255-byte limit, a full disk, ...)."""
-    why = e.strerror or type(e).__name__
-    return UserError(f"cannot write {path}: {why}; choose a writable folder (and a file name "
-                     f"under 255 bytes)")
+    why = e.strerror or str(e) or type(e).__name__
+    return UnwritableError(f"cannot write {path}: {why}; choose a writable folder (and a file "
+                           f"name under 255 bytes)")
 
 
 @contextlib.contextmanager
@@ -40,7 +45,7 @@ def atomic_open(path: str | Path, mode: str = "wb", encoding: str | None = None)
     except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        if isinstance(e, OSError):
+        if isinstance(e, OSError) and not isinstance(e, UnwritableError):
             raise unwritable(path, e) from None
         raise
 
