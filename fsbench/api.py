@@ -117,8 +117,7 @@ def run(method: str, dataset: str, *, data_root=None, split_dir=None, preset: st
     dev = resolve_device(device or cfg.get("device"))
     if task == "fsl" and cfg.get("head", "none") != "none":
         from fsbench.heads import get_head
-        get_head(cfg["head"], cfg)  # an unknown head or bad head block fails now, not after
-        # training
+        get_head(cfg["head"], cfg)  # an unknown head fails now, not after training
     options = dict(_config.get(cfg, "data.options", {}) or {})
     if split_dir:
         options["split_dir"] = str(split_dir)
