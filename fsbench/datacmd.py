@@ -281,6 +281,22 @@ def cmd_prepare(args) -> int:
 
 
 # ---------------------------------------------------------------------------------- download
+def _safe_extract(tar: "tarfile.TarFile", dest: Path) -> None:
+    """Extract only plain files and folders inside ``dest``: tarfile's ``data`` filter where the
+    Python has it (3.11.4+, 3.10.12+), the same refusals written out on older ones."""
+    if hasattr(tarfile, "data_filter"):
+        tar.extractall(dest, filter="data")
+        return
+    root = dest.resolve()
+    for m in tar.getmembers():
+        target = (dest / m.name).resolve()
+        if not (m.isfile() or m.isdir()) or m.name.startswith("/") or \
+                not target.is_relative_to(root):
+            raise UserError(f"the archive member {m.name!r} is not a plain file inside the "
+                            f"archive's folder; refusing to extract it")
+    tar.extractall(dest)
+
+
 def cmd_download(args) -> int:
     from fsbench.episodes import cifar
     from fsbench.episodes.fscil_splits import file_digest
@@ -317,7 +333,7 @@ def cmd_download(args) -> int:
                             f"(cifar-100-python.tar.gz); try again")
         work = Path(tempfile.mkdtemp(prefix=".cifar-100-python.", dir=root))
         with tarfile.open(tmp) as tar:
-            tar.extractall(work, filter="data")
+            _safe_extract(tar, work)
         if not (work / cifar.FOLDER / "train").is_file():
             raise UserError(f"{cifar.URL} did not contain {cifar.FOLDER}/train")
         if dest.exists():

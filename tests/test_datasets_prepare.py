@@ -158,7 +158,12 @@ def _tarball(tmp_path):
     return path, hashlib.md5(buf.getvalue()).hexdigest()
 
 
-def test_download_verifies_md5_and_extracts_atomically(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("python_has_tar_filter", [True, False])
+def test_download_verifies_md5_and_extracts_atomically(tmp_path, monkeypatch, capsys,
+                                                       python_has_tar_filter):
+    import tarfile
+    if not python_has_tar_filter:  # Python < 3.11.4: fsbench's own member checks
+        monkeypatch.delattr(tarfile, "data_filter", raising=False)
     archive, md5 = _tarball(tmp_path)
     monkeypatch.setattr(cifar, "URL", archive.as_uri())  # no network in tests
     dest = tmp_path / "root"
@@ -173,6 +178,24 @@ def test_download_verifies_md5_and_extracts_atomically(tmp_path, monkeypatch, ca
     assert "already there" in capsys.readouterr().out
     assert main(["data", "download", "cub200", "--data-root", str(dest)]) == 2
     assert "data.caltech.edu" in capsys.readouterr().err
+
+
+def test_archive_member_outside_its_folder_is_refused(tmp_path, monkeypatch, capsys):
+    import io
+    import tarfile
+    monkeypatch.delattr(tarfile, "data_filter", raising=False)
+    bad = tmp_path / "bad.tar.gz"
+    with tarfile.open(bad, "w:gz") as tar:
+        info = tarfile.TarInfo("../escaped.txt")
+        info.size = 2
+        tar.addfile(info, io.BytesIO(b"hi"))
+    from fsbench.episodes.fscil_splits import file_digest
+    monkeypatch.setattr(cifar, "URL", bad.as_uri())
+    monkeypatch.setattr(cifar, "MD5", file_digest(bad, "md5"))
+    dest = tmp_path / "root"
+    assert main(["data", "download", "cifar100", "--data-root", str(dest)]) == 2
+    assert "refusing to extract" in capsys.readouterr().err
+    assert not (tmp_path / "escaped.txt").exists() and not (dest / "escaped.txt").exists()
 
 
 def test_registered_names_tasks_and_missing_root():
