@@ -100,7 +100,7 @@ def add_commands(sub) -> None:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.add_argument("--reproducible", action="store_true",
-                   help="numbers identical on every x86-64 machine: pin the CPU kernels to AVX2, "
+                   help="numbers independent of the machine: pin the CPU kernels to AVX2, "
                         "MKL's reproducible mode and a fixed thread count (slower where AVX-512 "
                         "exists); see fsbench/repro.py")
     p.add_argument("--threads", type=int, metavar="N",

@@ -1,4 +1,5 @@
-"""Reproducible CPU mode: the same command gives the same numbers on every x86-64 machine.
+"""Reproducible CPU mode: the same command gives the same numbers whatever the machine's
+instruction set and core count (checked on AVX2 machines; see the README for what is still open).
 
 Why it is needed. On a CPU, PyTorch picks its kernels at run time from the instruction set it finds:
 ATen's own vectorised kernels (``ATEN_CPU_CAPABILITY``), oneDNN's convolutions
