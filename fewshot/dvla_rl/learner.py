@@ -26,6 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from fsbench.baselines.protos import prototypes
 from fsbench.episodes.sampler import EpisodeSampler
 from fsbench.errors import UserError
 from fsbench.learner import DataInfo, FSLLearner
@@ -41,11 +42,6 @@ log = logging.getLogger("fsbench")
 
 def _cosine_logits(q, protos, t):
     return F.normalize(q, dim=-1) @ F.normalize(protos, dim=-1).transpose(-1, -2) / t
-
-
-def _means(f, labels, way):
-    oh = F.one_hot(labels, way).to(f.dtype)
-    return (oh.t() @ f) / oh.sum(0).clamp_min(1)[:, None]
 
 
 @register_method("dvla_rl", task="fsl",
@@ -195,7 +191,7 @@ class DVLARL(FSLLearner):
             text = sem.tokens(names).to(ctx.device)[sl]
             fs, recs = self.encode(xs, text, sample=learn_gate)
             fq, _ = self.encode(xq)
-            logits = _cosine_logits(fq, _means(fs, sl, way), temp)
+            logits = _cosine_logits(fq, prototypes(fs, sl, way), temp)
             loss = F.cross_entropy(logits, ql)
             acc = float((logits.argmax(1) == ql).float().mean())
             if recs:
@@ -208,7 +204,7 @@ class DVLARL(FSLLearner):
                         d_acc = 0.0 if self.prev_acc is None else acc - self.prev_acc
                     else:
                         with torch.no_grad():
-                            plain = _means(self.encode(xs)[0], sl, way)
+                            plain = prototypes(self.encode(xs)[0], sl, way)
                             d_acc = acc - float((_cosine_logits(fq, plain, temp).argmax(1) == ql)
                                                 .float().mean())
                     l_rl = sum(self.rl[k].loss(lam_sim * s.detach() + lam_imp * d_acc,
@@ -267,7 +263,7 @@ class DVLARL(FSLLearner):
         q = query.flatten(0, 1)
         fq = self._features(q, [None] * len(q)).view(e, query.shape[1], -1)
         temp = float((self.config.get("meta") or {}).get("temperature", 0.2))
-        protos = torch.stack([_means(fs[i], support_labels[i].long(), way) for i in range(e)])
+        protos = prototypes(fs, support_labels, way)
         return _cosine_logits(fq, protos, temp)
 
     def predict_episode(self, support, support_labels, query, class_names=None):
