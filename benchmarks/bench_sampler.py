@@ -2,7 +2,8 @@
 
     python benchmarks/bench_sampler.py [--quick] [--threads N]
 
-1. Index sampling only (5-way 5-shot 15-query): fsbench ``EpisodeSampler.sample`` vs a naive loop of
+1. Index sampling only (5-way 5-shot 15-query): fsbench ``EpisodeSampler.sample`` (and one
+   ``EpisodeSampler.episode(i)`` call per episode) vs a naive loop of
    ``random.sample`` over the classes and then within each class (easyfsl-style), on a 100 x 600
    label array and on a glyphs-like test split (300 classes of 90..110).
 2. Episodes materialised as float tensors from an in-memory dataset of 100 classes x 600 uint8
@@ -88,11 +89,18 @@ def bench_indices(quick: bool) -> float:
             sampler.sample(start[0], n_fast)
             start[0] += n_fast
 
-        r = interleaved_rates({"fsbench": (fast, n_fast),
+        def single():  # one episode per call, as an episodic training loop asks
+            lo = start[0]
+            for i in range(lo, lo + n_naive):
+                sampler.episode(i)
+            start[0] += n_naive
+
+        r = interleaved_rates({"fsbench": (fast, n_fast), "single": (single, n_naive),
                                "naive": (lambda: [ep() for _ in range(n_naive)], n_naive)}, rounds)
         slowest = min(slowest, r["fsbench"])
         print(f"   {name}")
         print(row("  fsbench EpisodeSampler.sample", r["fsbench"], r["naive"]))
+        print(row("  fsbench EpisodeSampler.episode(i) loop", r["single"], r["naive"]))
         print(row("  naive random.sample loop", r["naive"], r["naive"]))
     print(f"   target >= 100,000 eps/s: {'PASS' if slowest >= 100_000 else 'FAIL'}"
           f" (slowest {slowest:,.0f})")

@@ -122,6 +122,25 @@ def test_invariant_to_number_drawn(labels):
         np.testing.assert_array_equal(other.query, one.query)
 
 
+def test_single_episodes_from_cached_blocks(labels):
+    """episode(i) is served from cached blocks: any access order (across block boundaries, with
+    evictions) gives sample(i, 1)[0], and the cached arrays cannot be modified by a caller."""
+    s = EpisodeSampler(labels, 5, 5, 15, seed=3)
+    fresh = EpisodeSampler(labels, 5, 5, 15, seed=3)
+    order = [0, 63, 64, 1, 700, 65, 128, 192, 256, 320, 0, 5000, 63]
+    for i in order:
+        got, ref = s.episode(i), fresh.sample(i, 1)[0]
+        assert got.index == i
+        for a, b in ((got.classes, ref.classes), (got.support, ref.support),
+                     (got.query, ref.query)):
+            np.testing.assert_array_equal(a, b)
+    assert len(s._single) <= sampler_mod._SINGLE_CACHE
+    with pytest.raises(ValueError):
+        s.episode(3).support[0, 0] = -1
+    with pytest.raises(UserError):
+        s.episode(-1)
+
+
 def test_iteration_matches_sample(labels):
     s = EpisodeSampler(labels, 5, 1, 3, seed=2)
     ref = s.sample(0, 300)
