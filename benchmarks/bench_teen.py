@@ -89,7 +89,9 @@ def cub_sized_sessions(method: str, repeats: int, dim: int = 512, seed: int = 0)
             "checkpoint_s": ckpt}
 
 
-def glyphs_throughput(steps: int) -> dict:
+def glyphs_throughput(steps: int, channels_last: bool = False) -> dict:
+    """Images/s of ``steps`` base-training steps of the TEEN glyphs preset (after 3 warm-up
+    steps); ``params`` is the trained backbone's weights (to compare variants' numbers)."""
     cfg = config.resolve("teen", "glyphs")  # the glyphs preset (model, training, transforms)
     dataset = "glyphs"
     bench = api.load_benchmark(dataset, "fscil", None, cfg.get("data", {}).get("options", {}))
@@ -105,6 +107,8 @@ def glyphs_throughput(steps: int) -> dict:
     bs = int(t["batch_size"])
     opt, _ = make_optimizer(list(learner.backbone.parameters())
                             + list(learner.classifier.parameters()), t, int(t["epochs"]))
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    learner.backbone.to(memory_format=fmt)
     learner.train()
     done = images = 0
     t0 = None
@@ -113,6 +117,7 @@ def glyphs_throughput(steps: int) -> dict:
         for x, y in ctx.loader(data, train=True, batch_size=bs, drop_last=True):
             if done == warmup:
                 t0, images = time.perf_counter(), 0
+            x = x.contiguous(memory_format=fmt)
             loss = F.cross_entropy(learner.classifier(learner.backbone(x), p.num_base), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -123,7 +128,8 @@ def glyphs_throughput(steps: int) -> dict:
                 break
     secs = time.perf_counter() - t0
     return {"dataset": dataset, "steps": steps, "batch": bs, "images_per_s": images / secs,
-            "seconds": secs, "epoch_images": len(data), "threads": torch.get_num_threads()}
+            "seconds": secs, "epoch_images": len(data), "threads": torch.get_num_threads(),
+            "params": torch.cat([q.detach().flatten() for q in learner.backbone.parameters()])}
 
 
 def main(argv=None) -> int:

@@ -14,6 +14,7 @@ from fsbench.context import RunContext, derive_seed, resolve_device, seed_everyt
 from fsbench.errors import UserError
 from fsbench.learner import DataInfo
 from fsbench.loggers import ConsoleLogger, FileLogger, JSONLinesLogger, Logger
+from fsbench.memory import keep_freed_memory
 from fsbench.registry import DATASETS, METHODS
 from fsbench.results import (RESULT_SCHEMA, atomic_write_json, environment, new_run_dir, now_iso,
                              read_json)
@@ -112,6 +113,7 @@ def run(method: str, dataset: str, *, data_root=None, split_dir=None, preset: st
             raise UserError(f"--seed {seed}: use a whole number from 0 to 4294967295")
         cfg["seed"] = seed
     threads = _pin_threads(reproducible, threads)
+    malloc = keep_freed_memory()
     entry = METHODS.get(method)
     task = entry.task
     dev = resolve_device(device or cfg.get("device"))
@@ -182,7 +184,7 @@ def run(method: str, dataset: str, *, data_root=None, split_dir=None, preset: st
                       bool(standard) and backbone != standard},
         "data": {"train": bench.train.identity(), "test": bench.test.identity(),
                  **{k: v for k, v in (bench.info or {}).items() if k != "split_id"}},
-        "environment": environment(dev),
+        "environment": {**environment(dev), "malloc": malloc},
         "metrics": metrics if task == "fsl" else {k: v for k, v in metrics.items()},
         "timings": {"total_s": round(elapsed_before + time.perf_counter() - t0, 3),
                     ("per_session_s" if task == "fscil" else "fit_eval_s"):

@@ -87,6 +87,9 @@ class RunConfig(_Block):
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     num_workers: Annotated[StrictInt, Field(ge=0, le=256)] = Field(
         0, description="DataLoader worker processes")
+    channels_last: StrictBool = Field(False, description="NHWC convolutions in supervised "
+                                                         "training (faster on CPU; other last "
+                                                         "bits)")
     select_on_test: StrictBool = Field(False, description="the original CEC/TEEN protocol: "
                                                           "best base epoch on the test set "
                                                           "(flagged)")
