@@ -62,7 +62,7 @@ import numpy as np
 
 from fsbench.episodes.base import ArrayDataset, FSCILBenchmark, FSLBenchmark
 from fsbench.episodes.protocol import PRESETS, SessionProtocol, fingerprint
-from fsbench.atomic import atomic_open
+from fsbench.atomic import atomic_open, remove_orphans
 from fsbench.errors import UserError
 from fsbench.registry import register_dataset
 
@@ -293,6 +293,7 @@ def load_glyphs(size: int = 32, cache_dir=None) -> GlyphsData:
     if not 8 <= size <= 256:
         raise UserError(f"glyphs: size must be between 8 and 256 pixels, got {size}")
     npy, side = cache_paths(size, cache_dir)
+    remove_orphans(npy.parent)  # temporaries of writes that were killed
     stamp = _stamp()
     if npy.exists() or side.exists():
         try:

@@ -34,7 +34,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -43,6 +42,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from fsbench.atomic import atomic_write_text, remove_orphans, temp_dir
 from fsbench.errors import UserError
 
 from .base import ArrayDataset, FileDataset, ImageDataset
@@ -398,36 +398,73 @@ def _warn_once(msg: str) -> None:
         log.warning(msg)
 
 
-def read_cache(split: Split, res: int | None, warn: bool = True
+def read_cache(split: Split, res: int | None, warn: bool = True, verify: str = "lazy"
                ) -> tuple[ArrayDataset, dict] | None:
-    """The prepared cache of ``split`` at ``res`` when present and made from the same source;
-    a cache made from another copy is ignored (with one warning line unless ``warn`` is off)."""
+    """The prepared cache of ``split`` at ``res`` when present, made from the same source and
+    intact; otherwise None (with one warning line unless ``warn`` is off).
+
+    ``verify="lazy"`` checks the images' SHA-256 when the file changed since its last check
+    (size, mtime, inode; recorded in ``verified.json``), ``"always"`` checks it now (``data
+    check``)."""
+    hit, why = cache_status(split, res, verify)
+    if hit is None and why and warn:
+        _warn_once(why)
+    return hit
+
+
+def cache_status(split: Split, res: int | None, verify: str = "lazy"
+                 ) -> tuple[tuple[ArrayDataset, dict] | None, str | None]:
+    """``((dataset, meta), None)`` for a usable cache, ``(None, reason)`` for one that is not,
+    ``(None, None)`` when there is none."""
     d = cache_dir(split, res)
     meta_path = d / "meta.json"
     if not meta_path.is_file():
-        return None
+        return None, None
     try:
         meta = json.loads(meta_path.read_text())
         ok = (meta.get("version") == CACHE_VERSION and meta.get("source_id") == split.source_id
               and meta.get("resolution") == res)
-    except (OSError, ValueError):
+    except (OSError, ValueError, AttributeError):
         ok, meta = False, {}
     if not ok:
-        if warn:
-            _warn_once(f"prepared cache {d} was made from a different copy or version of "
-                       f"{split.dataset}; ignoring it (rerun `fsbench data prepare --dataset "
-                       f"{split.dataset}` to refresh it)")
-        return None
+        return None, (f"prepared cache {d} was made from a different copy or version of "
+                      f"{split.dataset}; ignoring it (rerun `fsbench data prepare --dataset "
+                      f"{split.dataset}` to refresh it)")
     try:
         images = np.load(d / "images.npy", mmap_mode="r")
         labels = np.load(d / "labels.npy")
     except (OSError, ValueError) as e:
-        _warn_once(f"prepared cache {d} is unreadable ({e}); ignoring it")
-        return None
+        return None, f"prepared cache {d} is unreadable ({e}); ignoring it"
     if len(images) != meta.get("count") or len(labels) != len(images):
-        _warn_once(f"prepared cache {d} is incomplete; ignoring it")
-        return None
-    return ArrayDataset(images, labels, meta["class_names"], split.dataset), meta
+        return None, f"prepared cache {d} is incomplete; ignoring it"
+    if meta.get("sha256") and not _content_ok(d, images, meta["sha256"], verify == "always"):
+        return None, (f"prepared cache {d} fails its SHA-256 check (changed or corrupt on disk); "
+                      f"ignoring it (rerun `fsbench data prepare --dataset {split.dataset}`)")
+    return (ArrayDataset(images, labels, meta["class_names"], split.dataset), meta), None
+
+
+def _content_ok(d: Path, images: np.ndarray, want: str, force: bool) -> bool:
+    """Whether ``images`` (a memmap of ``d/images.npy``) hash to ``want``; skipped when the file is
+    unchanged since a check recorded in ``verified.json`` (unless ``force``)."""
+    st = (d / "images.npy").stat()
+    stamp = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino, "sha256": want}
+    if not force:
+        try:
+            if json.loads((d / "verified.json").read_text()) == stamp:
+                return True
+        except (OSError, ValueError):
+            pass
+    h = hashlib.sha256()
+    step = max(1, (64 << 20) // max(1, images[0].nbytes))  # ~64 MiB at a time
+    for s in range(0, len(images), step):
+        h.update(np.ascontiguousarray(images[s:s + step]).data)
+    if h.hexdigest() != want:
+        return False
+    try:
+        atomic_write_text(d / "verified.json", json.dumps(stamp))
+    except OSError:  # a read-only cache is still usable; it is checked again next time
+        pass
+    return True
 
 
 def open_split(split: Split, res: int | None, *, use_prepared: bool = True,
@@ -518,12 +555,14 @@ def prepare_split(split: Split, res: int | None, *, skip_corrupt: bool = False,
         raise UserError(f"{split.dataset} {split.name}: no images to prepare")
     final = cache_dir(split, res)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
+    remove_orphans(final.parent)  # folders of prepares that were killed
+    tmp = temp_dir(final)
     t0 = time.perf_counter()
     try:
         shape = None
         bad: list[int] = []
         written = 0
+        digest = hashlib.sha256()  # of the image bytes, verified when the cache is read
         with open(tmp / "images.npy", "wb") as f:
             f.write(b"\0" * 128)  # header written once the shape and count are known
             for s, results in _decode_all(data, workers):
@@ -539,7 +578,9 @@ def prepare_split(split: Split, res: int | None, *, skip_corrupt: bool = False,
                         raise UserError(f"{split.dataset} {split.name}: image {s + j} is "
                                         f"{img.shape[1]}x{img.shape[0]}, expected "
                                         f"{shape[1]}x{shape[0]}; pass --resolution N")
-                    f.write(np.ascontiguousarray(img, dtype=np.uint8).data)
+                    row = np.ascontiguousarray(img, dtype=np.uint8).data
+                    f.write(row)
+                    digest.update(row)
                     written += 1
                 if progress:
                     progress(min(n, s + _CHUNK), n)
@@ -553,6 +594,7 @@ def prepare_split(split: Split, res: int | None, *, skip_corrupt: bool = False,
         meta = {"version": CACHE_VERSION, "dataset": split.dataset, "split": split.name,
                 "resolution": res, "source_id": split.source_id, "count": written,
                 "shape": [written, *shape], "class_names": list(data.class_names),
+                "sha256": digest.hexdigest(),
                 "skipped": [keys[i] if keys is not None else int(i) for i in bad],
                 "seconds": round(time.perf_counter() - t0, 3),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
@@ -569,7 +611,7 @@ def _replace_dir(tmp: Path, final: Path) -> None:
     """Move the finished folder ``tmp`` to ``final``, replacing an older one."""
     old = None
     if final.exists():
-        old = final.with_name(f".old-{final.name}-{os.getpid()}")
+        old = final.with_name(f".old-{final.name}-p{os.getpid()}-old")
         os.replace(final, old)
     os.replace(tmp, final)
     if old is not None:

@@ -16,6 +16,7 @@ from fsbench.learner import DataInfo
 from fsbench.loggers import ConsoleLogger, FileLogger, JSONLinesLogger, Logger
 from fsbench.memory import keep_freed_memory
 from fsbench.registry import DATASETS, METHODS
+from fsbench.trainstate import FILE as EPOCHS_FILE
 from fsbench.results import (RESULT_SCHEMA, atomic_write_json, environment, new_run_dir, now_iso,
                              read_json)
 
@@ -162,9 +163,12 @@ def run(method: str, dataset: str, *, data_root=None, split_dir=None, preset: st
         else:
             from fsbench.runners.fsl import run_fsl
             metrics = run_fsl(learner, bench, ctx, run_dir, loggers, resume=resume is not None)
-    except UserError:
-        # A run refused before its first checkpoint leaves nothing behind.
-        if resume is None and not (run_dir / "checkpoint.pt").exists():
+    except BaseException:
+        # A run that fails or is interrupted before its first checkpoint (a session's or a
+        # training epoch's) leaves nothing behind, whatever the exception: there is nothing to
+        # resume from.
+        if resume is None and not any((run_dir / f).exists() for f in ("checkpoint.pt",
+                                                                      EPOCHS_FILE)):
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
     times = metrics.pop("times", [])

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import IO, Iterator
 
@@ -33,7 +36,8 @@ def atomic_open(path: str | Path, mode: str = "wb", encoding: str | None = None)
     directory = path.parent if str(path.parent) else Path(".")
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:200]}.", suffix=".tmp", dir=directory)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:200]}.{os.getpid()}.", suffix=".tmp",
+                                   dir=directory)
     except OSError as e:
         raise unwritable(path, e) from None
     try:
@@ -58,3 +62,59 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 def atomic_write_text(path: str | Path, text: str) -> None:
     with atomic_open(path, "w", encoding="utf-8") as f:
         f.write(text)
+
+
+# Temporaries name their writer: ``.NAME.PID.RANDOM.tmp`` (atomic_open) and ``.tmp-NAME-pPID-RANDOM``
+# (folders built beside their final place). mkstemp/mkdtemp's random part has no "." or "-".
+_OWNED = (re.compile(r"^\..+\.(\d+)\.[a-z0-9_]+\.tmp$"), re.compile(r"^\.(?:tmp|old)-.+-p(\d+)-[a-z0-9_]+$"))
+_LEGACY = (re.compile(r"^\..+\.[a-z0-9_]+\.tmp$"), re.compile(r"^\.(?:tmp|old)-.+$"))
+LEGACY_AGE_S = 24 * 3600
+
+
+def temp_dir(final: Path) -> Path:
+    """A new folder beside ``final`` to build it in (``.tmp-NAME-pPID-RANDOM``)."""
+    return Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-p{os.getpid()}-", dir=final.parent))
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_orphans(folder: str | Path) -> list[Path]:
+    """Delete the temporaries in ``folder`` whose writing process is gone (killed during a write);
+    temporaries of an older fsbench (no process id in the name) once a day old. Temporaries of
+    live processes are left alone, so concurrent writers are safe. Returns what was removed."""
+    gone = []
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError:
+        return gone
+    now = time.time()
+    for p in entries:
+        owned = next((m for rx in _OWNED if (m := rx.match(p.name))), None)
+        if owned is not None:
+            stale = not _alive(int(owned.group(1)))
+        elif any(rx.match(p.name) for rx in _LEGACY):
+            try:
+                stale = now - p.lstat().st_mtime > LEGACY_AGE_S
+            except OSError:
+                continue
+        else:
+            continue
+        if not stale:
+            continue
+        with contextlib.suppress(OSError):
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+            gone.append(p)
+    return gone

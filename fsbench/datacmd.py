@@ -137,15 +137,13 @@ def _check_split(split, res, scan_images: bool) -> list:
         else:
             rows.append(Row(f"{label} images", OK, f"all {_n(len(data))} decode "
                             f"({time.perf_counter() - t0:.1f} s)"))
-    present = (P.cache_dir(split, res) / "meta.json").is_file()
-    hit = P.read_cache(split, res, warn=False) if present else None
+    hit, why = P.cache_status(split, res, verify="always")  # content hash checked every time
     if hit is not None:
         rows.append(Row(f"{label} prepared", OK, f"{P.cache_dir(split, res)} "
-                        f"({_n(len(hit[0]))} images)"))
-    elif present:
-        rows.append(Row(f"{label} prepared", WARN, f"{P.cache_dir(split, res)} is stale (made "
-                        f"from another copy)", f"rerun fsbench data prepare --dataset "
-                        f"{split.dataset}"))
+                        f"({_n(len(hit[0]))} images, content hash ok)"))
+    elif why:
+        rows.append(Row(f"{label} prepared", WARN, why.split("; ignoring it")[0],
+                        f"rerun fsbench data prepare --dataset {split.dataset}"))
     return rows
 
 

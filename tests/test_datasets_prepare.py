@@ -212,3 +212,63 @@ def test_registered_names_tasks_and_missing_root():
         with pytest.raises(UserError, match="--data-root DIR or set FSBENCH_DATA; expected DIR/"
                                             + layout):
             DATASETS.get(name).obj(None, task, {})
+
+
+def test_same_size_corruption_of_prepared_cache_is_detected(cub_ro, cache, capsys, caplog):
+    """The cache's content hash is checked when the file changed since its last check (and always
+    by `data check`): a flipped byte makes the loader fall back to the source files."""
+    root, _ = cub_ro
+    args = ["--dataset", "cub200", "--data-root", str(root), "--resolution", "16"]
+    assert main(["data", "prepare", *args]) == 0
+    d = cache / "cub200-train-16"
+    assert isinstance(cub(root, resolution=16).train, ArrayDataset)
+    assert (d / "verified.json").is_file()  # later opens of the unchanged file skip the hash
+    size = (d / "images.npy").stat().st_size
+    with open(d / "images.npy", "r+b") as f:
+        f.seek(-1, 2)
+        b = f.read(1)
+        f.seek(-1, 2)
+        f.write(bytes([b[0] ^ 0xFF]))
+    assert (d / "images.npy").stat().st_size == size
+    with caplog.at_level(logging.WARNING, logger="fsbench"):
+        again = cub(root, resolution=16)
+    assert isinstance(again.train, ImageFiles)
+    assert "fails its SHA-256 check" in caplog.text
+    capsys.readouterr()
+    main(["data", "check", *args, "--no-images"])
+    out = capsys.readouterr().out
+    assert "cub200-train-16 fails its SHA-256 check" in out and "data prepare" in out
+
+
+def test_orphan_temporaries_of_dead_writers_are_removed(tmp_path, cache, cub_ro):
+    """Temporaries left by killed writers go at the next prepare (and glyphs load); those of
+    live processes and recent ones of older versions stay."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from fsbench.atomic import LEGACY_AGE_S, atomic_write_text, remove_orphans
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    cache.mkdir(parents=True)
+    orphans = [cache / f".tmp-cub200-train-16-p{dead}-ab12_c", cache / f".old-x-p{dead}-old",
+               cache / f".glyphs-v3-32px.npy.{dead}.k2j4.tmp", cache / ".legacy.npy.q1w2.tmp"]
+    kept = [cache / f".tmp-other-p{os.getpid()}-zz9", cache / ".recent.npy.abcd.tmp",
+            cache / "keep.txt"]
+    for p in orphans[:2] + kept[:1]:
+        p.mkdir()
+        (p / "images.npy").write_bytes(b"x")
+    for p in orphans[2:] + kept[1:]:
+        p.write_bytes(b"")
+    old = time.time() - LEGACY_AGE_S - 60
+    os.utime(orphans[3], (old, old))
+    atomic_write_text(cache / "written.json", "{}")  # the writer's own temporary is gone
+    root, _ = cub_ro
+    assert main(["data", "prepare", "--dataset", "cub200", "--data-root", str(root),
+                 "--resolution", "16", "--task", "fsl"]) == 0
+    assert not any(p.exists() for p in orphans)
+    assert all(p.exists() for p in kept)
+    assert remove_orphans(cache) == []
+    assert not [p for p in cache.iterdir() if p.name.endswith(".tmp") and p not in kept]

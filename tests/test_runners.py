@@ -118,3 +118,18 @@ def test_resume_logs_each_session_once_and_sums_process_times(tmp_path):
     assert sessions == list(range(len(resumed["metrics"]["sessions"])))
     first = sum(s["seconds"] for s in resumed["metrics"]["sessions"][:4])
     assert resumed["timings"]["total_s"] >= first
+
+
+@pytest.mark.parametrize("exc", [RuntimeError("boom"), KeyboardInterrupt()])
+def test_run_dying_before_its_first_checkpoint_leaves_no_folder(tmp_path, monkeypatch, exc):
+    """Any exception (not only a refused configuration) before the first checkpoint removes the
+    run folder: there is nothing to resume from."""
+    from fsbench.baselines import ncm
+
+    def die(*a, **k):
+        raise exc
+
+    monkeypatch.setattr(ncm, "train_supervised", die)
+    with pytest.raises(type(exc)):
+        api.run("ncm", "synthetic", overrides=FAST, out_dir=tmp_path / "runs", progress=False)
+    assert not any((tmp_path / "runs").iterdir())
