@@ -44,11 +44,13 @@ turns it into the global episode index; the CLI prints one line and exits with c
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
+from pydantic import Field, StrictBool, StrictInt
 
+from fsbench.configschema import MethodBlock, validate_block
 from fsbench.errors import EpisodeError, UserError
 from fsbench.heads import register_head
 
@@ -56,55 +58,40 @@ __all__ = ["OpTA", "OpTAConfig", "sinkhorn_batched", "standardize", "class_means
            "check_finite", "logreg_logits", "logreg_logits_batched"]
 
 
-@dataclass
-class OpTAConfig:
-    reg: float = 0.05
-    max_iter: int = 1000
-    stop: float = 1e-4
-    passes_1shot: int = 5
-    passes_kshot: int = 1
-    ratio: float = 0.7
-    classifier: str = "logreg"  # logreg | euclidean
-    solver: str = "torch"  # torch (batched) | pot (per-episode ot.sinkhorn reference)
-    standardize: bool = True
-    dtype: str = "float64"  # features, costs and barycentres (Sinkhorn itself is always float64)
-    lr_C: float = 1.0
-    lr_max_iter: int = 1000
-    lr_solver: str = "torch"  # torch (batched, exact optimum) | sklearn (per-episode reference)
-    pot_stop: float = 1e-9  # solver=pot: ot.sinkhorn's stopThr (its own criterion: marginal error)
-    chunk: int = 0  # episodes per block of feature work; 0 = 16 on a CPU, all at once on a GPU
+_Pos = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+_Iters = Annotated[StrictInt, Field(ge=1, le=10_000_000)]
+_Passes = Annotated[StrictInt, Field(ge=0, le=1000)]
+
+
+class OpTAConfig(MethodBlock):
+    """The ``opta:`` block (BECLR §4.2, Eq. 9-10; defaults of the official code)."""
+
+    reg: _Pos = Field(0.05, description="entropic regularisation of the Sinkhorn transport")
+    max_iter: _Iters = Field(1000, description="Sinkhorn iterations at most")
+    stop: Annotated[float, Field(ge=0, allow_inf_nan=False)] = Field(
+        1e-4, description="Sinkhorn stopping threshold")
+    passes_1shot: _Passes = Field(5, description="OpTA passes for 1-shot episodes")
+    passes_kshot: _Passes = Field(1, description="OpTA passes for k-shot episodes")
+    ratio: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] = Field(
+        0.7, description="share of the transported prototype, in [0, 1]")
+    classifier: Literal["logreg", "euclidean"] = Field("logreg", description="final classifier")
+    solver: Literal["torch", "pot"] = Field(
+        "torch", description="torch (batched) | pot (per-episode ot.sinkhorn reference)")
+    standardize: StrictBool = Field(True, description="standardise features per episode")
+    dtype: Literal["float64", "float32"] = Field(
+        "float64", description="features, costs and barycentres (Sinkhorn is always float64)")
+    lr_C: _Pos = Field(1.0, description="inverse L2 strength of the logistic regression")
+    lr_max_iter: _Iters = Field(1000, description="logistic-regression iterations at most")
+    lr_solver: Literal["torch", "sklearn"] = Field(
+        "torch", description="torch (batched, exact optimum) | sklearn (per-episode reference)")
+    pot_stop: Annotated[float, Field(ge=0, allow_inf_nan=False)] = Field(
+        1e-9, description="solver=pot: ot.sinkhorn's stopThr (marginal error)")
+    chunk: Annotated[StrictInt, Field(ge=0, le=10_000_000)] = Field(
+        0, description="episodes per block of feature work; 0 = 16 on a CPU, all on a GPU")
 
     @classmethod
     def from_dict(cls, d: dict | None, where: str = "opta") -> "OpTAConfig":
-        d = dict(d or {})
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise UserError(f"{where}: unknown key(s) {unknown}; valid: {', '.join(sorted(names))}")
-        cfg = cls(**d)
-        cfg.validate(where)
-        return cfg
-
-    def validate(self, where: str = "opta") -> None:
-        if not (self.reg > 0 and math.isfinite(self.reg)):
-            raise UserError(f"{where}.reg must be a positive number, got {self.reg}")
-        if int(self.max_iter) < 1:
-            raise UserError(f"{where}.max_iter must be >= 1, got {self.max_iter}")
-        if int(self.passes_1shot) < 0 or int(self.passes_kshot) < 0:
-            raise UserError(f"{where}.passes_1shot / passes_kshot must be >= 0")
-        if not 0.0 <= float(self.ratio) <= 1.0:
-            raise UserError(f"{where}.ratio must be in [0, 1], got {self.ratio}")
-        if self.classifier not in ("logreg", "euclidean"):
-            raise UserError(f"{where}.classifier: {self.classifier!r} is not one of logreg, "
-                            f"euclidean")
-        if self.dtype not in ("float64", "float32"):
-            raise UserError(f"{where}.dtype: {self.dtype!r} is not one of float64, float32")
-        if self.solver not in ("torch", "pot"):
-            raise UserError(f"{where}.solver: {self.solver!r} is not one of torch, pot")
-        if self.lr_solver not in ("torch", "sklearn"):
-            raise UserError(f"{where}.lr_solver: {self.lr_solver!r} is not one of torch, sklearn")
-        if not (float(self.lr_C) > 0 and math.isfinite(float(self.lr_C))):
-            raise UserError(f"{where}.lr_C must be a positive number, got {self.lr_C}")
+        return validate_block(cls, d, where)
 
 
 # ------------------------------------------------------------------------------------ helpers

@@ -6,8 +6,10 @@ Two layers, both applied by :func:`fsbench.config.resolve` and :func:`fsbench.ap
    the value it replaces (an integer stays an integer, a mapping a mapping, ...; ``null`` in a
    preset accepts anything), and a key must exist - a typo is named with the nearest valid key.
 2. **Ranges of the keys every method shares** (:class:`RunConfig`): the seed, workers, the
-   ``train`` and ``eval`` budgets and rates, backbone sizes. Each field says what it means; a
-   method's own block (``teen``, ``dyce``, ``opta``, ...) is checked by its module.
+   ``train`` and ``eval`` budgets and rates, backbone sizes. Each field says what it means.
+3. **A method's own block** (``teen``, ``dyce``, ``opta``, ...) is a :class:`MethodBlock` model
+   declared beside the method and read through :func:`validate_block` when the learner is built,
+   before any data is touched or anything trained.
 
 An error is one line: the key, the value, what is allowed.
 """
@@ -104,6 +106,37 @@ class RunConfig(_Block):
     backbone: Optional[Backbone] = None
     transforms: Optional[Transforms] = None
     data: Optional[Data] = None
+
+
+class MethodBlock(BaseModel):
+    """Base of a method's own configuration block: every key declared (a typo is an error naming
+    the nearest key), values checked strictly enough that a bool is not a number."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def validate_block(model: type[MethodBlock], raw, where: str) -> MethodBlock:
+    """``raw`` (the ``where:`` block of a configuration; None = defaults) as ``model``; a
+    :class:`UserError` of one line naming the key, the value and the rule otherwise."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise UserError(f"config {where} = {_short(raw)}: expected a mapping of "
+                        f"{', '.join(model.model_fields)}")
+    bools = [k for k, v in raw.items() if isinstance(v, bool) and k in model.model_fields
+             and _type_name(model.model_fields[k].annotation) in ("integer", "number")]
+    if bools:  # pydantic's lax mode reads True as 1
+        raise UserError(f"config {where}.{bools[0]} = {raw[bools[0]]!r}: expected a number")
+    try:
+        return model.model_validate(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = [str(p) for p in err["loc"]]
+        key = ".".join([where, *loc])
+        if err["type"] == "extra_forbidden":
+            raise unknown_key(key, loc[-1], model.model_fields, "config") from None
+        raise UserError(f"config {key} = {_short(err.get('input'))}: {err['msg'].lower()}; fix "
+                        f"it with --set {key}=VALUE or in the preset") from None
 
 
 def _short(v) -> str:

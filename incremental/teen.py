@@ -28,12 +28,14 @@ the prototype classifier's accuracy, not the maximum of it and the best epoch's 
 """
 from __future__ import annotations
 
-import numbers
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
 from fsbench.baselines.ncm import PrototypeFSCIL
+from fsbench.configschema import MethodBlock, validate_block
 from fsbench.errors import UserError
 from fsbench.learner import DataInfo, Session
 from fsbench.registry import register_method
@@ -92,30 +94,20 @@ def calibrate(novel: torch.Tensor, base: torch.Tensor, alpha: float, tau: float,
     return (1.0 - alpha) * novel + alpha * (weights @ base)
 
 
+class TeenOptions(MethodBlock):
+    """The ``teen:`` block (§3.3 of the paper; defaults of the official code)."""
+
+    alpha: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] = Field(
+        DEFAULTS["alpha"], description="weight of the base-derived shift, in [0, 1] (Eq. 5)")
+    tau: Annotated[float, Field(gt=0, allow_inf_nan=False)] = Field(
+        DEFAULTS["tau"], description="softmax temperature over base prototypes (Eq. 4), > 0")
+    variant: Literal["code", "paper"] = Field(
+        DEFAULTS["variant"], description="code: normalised mixture (official code); paper: Eq. 5")
+
+
 def teen_options(config: dict) -> dict:
     """The validated ``teen:`` block of a run configuration (one-line UserErrors)."""
-    raw = config.get("teen") or {}
-    if not isinstance(raw, dict):
-        raise UserError(f"teen: expected a mapping with alpha, tau, variant; got {raw!r}")
-    unknown = sorted(set(raw) - set(DEFAULTS))
-    if unknown:
-        raise UserError(f"teen: unknown key(s) {unknown}; valid: {sorted(DEFAULTS)}")
-    opts = {**DEFAULTS, **raw}
-    for key in ("alpha", "tau"):
-        v = opts[key]
-        if isinstance(v, bool) or not isinstance(v, numbers.Real):
-            raise UserError(f"teen.{key} must be a number, got {v!r}")
-        opts[key] = float(v)
-    if not 0.0 <= opts["alpha"] <= 1.0:
-        raise UserError(f"teen.alpha must be in [0, 1] (the weight of the base-derived shift), "
-                        f"got {opts['alpha']:g}")
-    if not opts["tau"] > 0.0 or opts["tau"] == float("inf"):
-        raise UserError(f"teen.tau must be a positive finite number (the softmax temperature), "
-                        f"got {opts['tau']:g}")
-    if opts["variant"] not in VARIANTS:
-        raise UserError(f"teen.variant must be one of {', '.join(VARIANTS)}, "
-                        f"got {opts['variant']!r}")
-    return opts
+    return validate_block(TeenOptions, config.get("teen"), "teen").model_dump()
 
 
 @register_method("teen", task="fscil",

@@ -221,10 +221,16 @@ def test_head_registry_and_config_errors():
     head = get_head("opta", {"opta": {"passes_1shot": 2}})
     assert isinstance(head, OpTA) and head.cfg.passes_1shot == 2
     assert isinstance(get_head("opta", {}), OpTA)
-    with pytest.raises(UserError, match="opta: unknown key"):
+    with pytest.raises(UserError, match="opta.eps: unknown key .eps."):
         get_head("opta", {"opta": {"eps": 0.1}})
-    with pytest.raises(UserError, match="classifier"):
-        OpTAConfig(classifier="svm").validate()
+    with pytest.raises(UserError, match="opta.classifier = 'svm': input should be 'logreg' or"):
+        OpTAConfig.from_dict({"classifier": "svm"})
+    with pytest.raises(UserError, match="opta.reg = 0: input should be greater than 0"):
+        OpTAConfig.from_dict({"reg": 0})
+    with pytest.raises(UserError, match="opta.standardize = 1: input should be a valid boolean"):
+        OpTAConfig.from_dict({"standardize": 1})
+    with pytest.raises(UserError, match="opta.passes_1shot = True: expected a number"):
+        OpTAConfig.from_dict({"passes_1shot": True})
 
 
 def test_opta_head_on_protonet_features_end_to_end(tmp_path):

@@ -159,11 +159,11 @@ def _state_file(tmp_path, name, obj):
 
 
 @pytest.mark.parametrize("sets,needle", [
-    (["teen.alpha=1.5"], "teen.alpha must be in [0, 1]"),
-    (["teen.alpha=-0.1"], "teen.alpha must be in [0, 1]"),
-    (["teen.tau=0"], "teen.tau must be a positive"),
-    (["teen.tau=-2"], "teen.tau must be a positive"),
-    (["teen.variant=both"], "teen.variant must be one of code, paper"),
+    (["teen.alpha=1.5"], "teen.alpha = 1.5: input should be less than or equal to 1"),
+    (["teen.alpha=-0.1"], "teen.alpha = -0.1: input should be greater than or equal to 0"),
+    (["teen.tau=0"], "teen.tau = 0: input should be greater than 0"),
+    (["teen.tau=-2"], "teen.tau = -2: input should be greater than 0"),
+    (["teen.variant=both"], "teen.variant = 'both': input should be 'code' or 'paper'"),
     (["backbone={name: resnet18, weights: WEIGHTS/missing.pth}"], "not found; download"),
     (["backbone={name: resnet18, weights: WEIGHTS/resnet20.pth}"],
      "not a torchvision ResNet-18 checkpoint"),
