@@ -14,6 +14,7 @@ from fsbench.context import RunContext, derive_seed, resolve_device, seed_everyt
 from fsbench.errors import UserError
 from fsbench.learner import DataInfo
 from fsbench.loggers import ConsoleLogger, FileLogger, JSONLinesLogger, Logger
+from fsbench.plugins import is_import_path
 from fsbench.registry import DATASETS, METHODS
 from fsbench.results import (RESULT_SCHEMA, atomic_write_json, environment, new_run_dir, now_iso,
                              read_json)
@@ -40,6 +41,19 @@ def build_context(cfg: dict, channels: int, device: torch.device, seed: int,
         train_transform=_transforms.build(tf.get("train"), norm, channels, "transforms.train"),
         test_transform=_transforms.build(tf.get("test"), norm, channels, "transforms.test"),
         progress=progress, num_workers=int(cfg.get("num_workers", 0) or 0))
+
+
+def _method_entry(method: str, run_dir: Path | None = None):
+    """The registry entry of ``method``: a registered name, an entry point, or an import path
+    (``pkg.module:Class``, ``file.py:Class``; :mod:`fsbench.plugins`). On ``--resume`` a method
+    that cannot be imported any more is an error naming the run."""
+    if run_dir is None or not is_import_path(method):
+        return METHODS.get(method)
+    try:
+        return METHODS.get(method)
+    except UserError as e:
+        raise UserError(f"--resume {run_dir}: the run's method {method} cannot be imported "
+                        f"({e}); restore the file or package it came from") from None
 
 
 def _split_identity(bench, metrics: dict, cfg: dict) -> dict:
@@ -83,6 +97,9 @@ def run(method: str, dataset: str, *, data_root=None, split_dir=None, preset: st
         reproducible: bool = False) -> dict:
     """Run ``method`` on ``dataset`` and write ``RUN_DIR/result.json``; returns the result dict.
 
+    ``method`` is a registered name or an import path of a learner class,
+    ``"my_pkg.module:MyLearner"`` or ``"path/to/file.py:MyLearner"`` (:mod:`fsbench.plugins`).
+
     ``resume=RUN_DIR`` continues an interrupted run from its last checkpoint with its saved
     configuration (other arguments are ignored).
 
@@ -99,20 +116,24 @@ def run(method: str, dataset: str, *, data_root=None, split_dir=None, preset: st
             method, dataset, cfg = inv["method"], inv["dataset"], inv["config"]
             seed, data_root = int(inv["seed"]), inv.get("data_root")
             split_dir = inv.get("split_dir")
+            if not isinstance(inv.get("method_import") or "", str):
+                raise TypeError("method_import")
         except (KeyError, TypeError, ValueError):
             raise UserError(f"{run_dir / RUN_FILE} is not a fsbench run file; start a new run") \
                 from None
         device = device or inv.get("device")
         reproducible = bool(inv.get("reproducible"))
         threads = inv.get("threads", threads)
+        entry = _method_entry(inv.get("method_import") or method, run_dir)
     else:
-        cfg = _config.resolve(method, dataset, preset, overrides)
+        entry = _method_entry(method)
+        method = entry.name
+        cfg = _config.resolve(method, dataset, preset, overrides, learner=entry.obj)
         seed = seed if seed is not None else cfg.get("seed", 0) or 0
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= 2**32 - 1:
             raise UserError(f"--seed {seed}: use a whole number from 0 to 4294967295")
         cfg["seed"] = seed
     threads = _pin_threads(reproducible, threads)
-    entry = METHODS.get(method)
     task = entry.task
     dev = resolve_device(device or cfg.get("device"))
     if task == "fsl" and cfg.get("head", "none") != "none":
@@ -142,7 +163,8 @@ def run(method: str, dataset: str, *, data_root=None, split_dir=None, preset: st
             "data_root": str(data_root) if data_root else os.environ.get("FSBENCH_DATA"),
             "split_dir": str(split_dir) if split_dir else None,
             "device": device, "reproducible": threads if reproducible else None,
-            "threads": threads, "created": now_iso()})
+            "threads": threads, "created": now_iso(),
+            "method_import": entry.extra.get("import_path")})
     if loggers is None:
         loggers = [ConsoleLogger()]
     loggers = list(loggers) + [FileLogger(run_dir / "run.log"),
@@ -173,6 +195,7 @@ def run(method: str, dataset: str, *, data_root=None, split_dir=None, preset: st
     result = {
         "schema": RESULT_SCHEMA, "fsbench_version": environment(dev)["fsbench"], "task": task,
         "method": method, "dataset": dataset, "seed": seed,
+        "method_import": entry.extra.get("import_path"),
         "status": "partial" if partial else "complete",
         "config": cfg, "config_hash": _config.config_hash(cfg),
         "split": _split_identity(bench, metrics, cfg),
