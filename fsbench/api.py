@@ -13,6 +13,7 @@ from fsbench import transforms as _transforms
 from fsbench.context import RunContext, derive_seed, resolve_device, seed_everything
 from fsbench.errors import UserError
 from fsbench.learner import DataInfo
+from fsbench.learnerstate import remember_initial
 from fsbench.loggers import ConsoleLogger, FileLogger, JSONLinesLogger, Logger
 from fsbench.plugins import is_import_path
 from fsbench.registry import DATASETS, METHODS
@@ -155,6 +156,7 @@ def run(method: str, dataset: str, *, data_root=None, split_dir=None, preset: st
                         num_classes=bench.train.num_classes)
     seed_everything(derive_seed(seed, "init"))  # parameter initialisation is part of the seed
     learner = entry.obj(cfg, info).to(dev)
+    remember_initial(learner)  # checkpoints keep what training changed (fsbench.learnerstate)
 
     if resume is None:
         run_dir = new_run_dir(out_dir, method, dataset)

@@ -14,7 +14,7 @@ from fsbench import api, plugins
 from fsbench.cli import main
 
 # A training-free FSCIL learner: class means of a fixed random projection of the pixels.
-LEARNER = textwrap.dedent('''
+PLAIN_LEARNER = textwrap.dedent('''
     """Nearest class mean on a random projection (a plug-in for the tests)."""
     import torch
     import torch.nn.functional as F
@@ -51,13 +51,15 @@ LEARNER = textwrap.dedent('''
 
         def learn_session(self, session, ctx):
             self._means(session.features, session)
-
+''')
+# The same learner saving its state by hand (before checkpoints saved plain attributes).
+LEARNER = PLAIN_LEARNER + textwrap.indent(textwrap.dedent('''
         def extra_state(self):
             return {"protos": self.protos, "num_seen": self.num_seen}
 
         def load_extra_state(self, state):
             self.protos, self.num_seen = state["protos"], state["num_seen"]
-''')
+'''), "    ")
 PRESET = "means:\n  dim: 32\n"
 
 
