@@ -57,6 +57,15 @@ def _method_entry(method: str, run_dir: Path | None = None):
                         f"({e}); restore the file or package it came from") from None
 
 
+def _base_source(base_from, task: str) -> str | None:
+    """``--base-from`` as an absolute folder (recorded in run.json); FSCIL only."""
+    if base_from is None:
+        return None
+    if task != "fscil":
+        raise UserError("--base-from reuses an FSCIL base session; this method is FSL")
+    return str(Path(base_from).expanduser().resolve())
+
+
 def _split_identity(bench, metrics: dict, cfg: dict) -> dict:
     if bench.task == "fscil":
         p = bench.protocol
@@ -95,7 +104,7 @@ def run(method: str, dataset: str, *, data_root=None, split_dir=None, preset: st
         device: str | None = None, out_dir: str | Path = "runs", resume: str | Path | None = None,
         loggers: list[Logger] | None = None, progress: bool = True,
         stop_after: int | None = None, threads: int | None = None,
-        reproducible: bool = False) -> dict:
+        reproducible: bool = False, base_from: str | Path | None = None) -> dict:
     """Run ``method`` on ``dataset`` and write ``RUN_DIR/result.json``; returns the result dict.
 
     ``method`` is a registered name or an import path of a learner class,
@@ -106,7 +115,10 @@ def run(method: str, dataset: str, *, data_root=None, split_dir=None, preset: st
 
     ``reproducible=True`` needs a process started in the reproducible CPU mode
     (:mod:`fsbench.repro`; ``fsbench run --reproducible`` does that); ``threads`` fixes the CPU
-    thread count. Both are recorded in ``run.json`` and ``result.json``."""
+    thread count. Both are recorded in ``run.json`` and ``result.json``.
+
+    ``base_from=RUN_DIR`` (FSCIL) loads the base model of an earlier compatible run instead of
+    training one (:mod:`fsbench.basemodel`); ``result.json`` records it as ``base_from``."""
     if resume is not None:
         run_dir = Path(resume)
         if not (run_dir / RUN_FILE).is_file():
@@ -119,6 +131,9 @@ def run(method: str, dataset: str, *, data_root=None, split_dir=None, preset: st
             split_dir = inv.get("split_dir")
             if not isinstance(inv.get("method_import") or "", str):
                 raise TypeError("method_import")
+            base_from = inv.get("base_from")
+            if not isinstance(base_from or "", str):
+                raise TypeError("base_from")
         except (KeyError, TypeError, ValueError):
             raise UserError(f"{run_dir / RUN_FILE} is not a fsbench run file; start a new run") \
                 from None
@@ -136,6 +151,7 @@ def run(method: str, dataset: str, *, data_root=None, split_dir=None, preset: st
         cfg["seed"] = seed
     threads = _pin_threads(reproducible, threads)
     task = entry.task
+    base_from = _base_source(base_from, task)
     dev = resolve_device(device or cfg.get("device"))
     if task == "fsl" and cfg.get("head", "none") != "none":
         from fsbench.heads import get_head
@@ -166,7 +182,7 @@ def run(method: str, dataset: str, *, data_root=None, split_dir=None, preset: st
             "split_dir": str(split_dir) if split_dir else None,
             "device": device, "reproducible": threads if reproducible else None,
             "threads": threads, "created": now_iso(),
-            "method_import": entry.extra.get("import_path")})
+            "method_import": entry.extra.get("import_path"), "base_from": base_from})
     if loggers is None:
         loggers = [ConsoleLogger()]
     loggers = list(loggers) + [FileLogger(run_dir / "run.log"),
@@ -180,7 +196,8 @@ def run(method: str, dataset: str, *, data_root=None, split_dir=None, preset: st
         if task == "fscil":
             from fsbench.runners.fscil import run_sessions
             metrics = run_sessions(learner, bench, ctx, run_dir, loggers,
-                                   resume=resume is not None, stop_after=stop_after)
+                                   resume=resume is not None, stop_after=stop_after,
+                                   base_from=base_from)
         else:
             from fsbench.runners.fsl import run_fsl
             metrics = run_fsl(learner, bench, ctx, run_dir, loggers, resume=resume is not None)
@@ -192,12 +209,13 @@ def run(method: str, dataset: str, *, data_root=None, split_dir=None, preset: st
     times = metrics.pop("times", [])
     elapsed_before = float(metrics.pop("elapsed_before_s", 0.0))  # earlier processes (resume)
     partial = bool(metrics.pop("partial", False))
+    base_info = metrics.pop("base_from", None)
     backbone = _config.get(cfg, "backbone.name")
     standard = cfg.get("standard_backbone")
     result = {
         "schema": RESULT_SCHEMA, "fsbench_version": environment(dev)["fsbench"], "task": task,
         "method": method, "dataset": dataset, "seed": seed,
-        "method_import": entry.extra.get("import_path"),
+        "method_import": entry.extra.get("import_path"), "base_from": base_info,
         "status": "partial" if partial else "complete",
         "config": cfg, "config_hash": _config.config_hash(cfg),
         "split": _split_identity(bench, metrics, cfg),

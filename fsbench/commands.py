@@ -38,7 +38,7 @@ def cmd_run(args) -> int:
         preset=args.preset,
         overrides=args.set, seed=args.seed, device=args.device, out_dir=args.out,
         resume=args.resume, progress=not args.no_progress, threads=args.threads,
-        reproducible=args.reproducible)
+        reproducible=args.reproducible, base_from=args.base_from)
     return 0
 
 
@@ -108,6 +108,9 @@ def add_commands(sub) -> None:
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--out", default="runs", help="folder for run directories (default runs/)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    p.add_argument("--base-from", metavar="RUN_DIR",
+                   help="FSCIL: load the base session's model from an earlier compatible run "
+                        "(same dataset, split, seed, base configuration) and skip base training")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.add_argument("--reproducible", action="store_true",
                    help="numbers independent of the machine: pin the CPU kernels to AVX2, "

@@ -143,6 +143,12 @@ class FSLLearner(Learner):
 
 class FSCILLearner(Learner):
     task = "fscil"
+    #: Learners with the same family train the same base model and may reuse each other's
+    #: (``--base-from``, :mod:`fsbench.basemodel`); None: the class itself.
+    base_family: Optional[str] = None
+    #: Top-level configuration blocks used only after the base session (they may differ
+    #: between runs that share a base model), e.g. TEEN's ``("teen",)``.
+    session_config: tuple = ()
 
     def fit_base(self, session: Session, ctx) -> None:
         raise NotImplementedError
