@@ -57,6 +57,21 @@ def _method_entry(method: str, run_dir: Path | None = None):
                         f"({e}); restore the file or package it came from") from None
 
 
+def _finished(run_dir: Path) -> dict | None:
+    """The result of a run that is complete already (``--resume`` of it changes nothing and
+    says so), else None."""
+    if not (run_dir / RESULT_FILE).is_file():
+        return None
+    from fsbench.frames import load_result
+
+    result = load_result(run_dir)
+    if result.get("status") != "complete":
+        return None
+    print(f"{run_dir} is complete already; nothing to resume (`fsbench show {run_dir}` prints "
+          f"its table)")
+    return result
+
+
 def _base_source(base_from, task: str) -> str | None:
     """``--base-from`` as an absolute folder (recorded in run.json); FSCIL only."""
     if base_from is None:
@@ -111,7 +126,8 @@ def run(method: str, dataset: str, *, data_root=None, split_dir=None, preset: st
     ``"my_pkg.module:MyLearner"`` or ``"path/to/file.py:MyLearner"`` (:mod:`fsbench.plugins`).
 
     ``resume=RUN_DIR`` continues an interrupted run from its last checkpoint with its saved
-    configuration (other arguments are ignored).
+    configuration (other arguments are ignored); for a complete run it only returns the result
+    (nothing is rewritten).
 
     ``reproducible=True`` needs a process started in the reproducible CPU mode
     (:mod:`fsbench.repro`; ``fsbench run --reproducible`` does that); ``threads`` fixes the CPU
@@ -124,6 +140,9 @@ def run(method: str, dataset: str, *, data_root=None, split_dir=None, preset: st
         if not (run_dir / RUN_FILE).is_file():
             raise UserError(f"--resume {run_dir}: no {RUN_FILE} there; pass a folder made by "
                             f"`fsbench run` (runs/<time>-<method>-<dataset>)")
+        done = _finished(run_dir)
+        if done is not None:
+            return done
         inv = read_json(run_dir / RUN_FILE, "run file")
         try:
             method, dataset, cfg = inv["method"], inv["dataset"], inv["config"]
