@@ -124,7 +124,8 @@ class Registry:
             importlib.import_module(self._index()[name][0])  # only the module that registers it
         if name not in self._entries and name in plugins.entry_points(self.kind):
             self._load_entry_point(name)
-        if name not in self._entries and not self._index():
+        if name not in self._entries and not self._index() \
+                and self.kind in _REGISTER_CALLS.values():
             load_builtins()  # no source to scan (e.g. a zipped install): import everything
         if name not in self._entries:
             hint = " (or MODULE:CLASS, FILE.py:CLASS)" if self.kind == "method" else ""
