@@ -205,15 +205,24 @@ def available() -> list[str]:
     return sorted(_BUILDERS)
 
 
+def _plugin_backbone(name: str):
+    """A backbone registered with ``fsbench.registry.register_backbone`` or an entry point."""
+    from fsbench.registry import BACKBONES
+
+    if not isinstance(name, str) or name not in BACKBONES:
+        raise UserError(f"backbone.name: unknown backbone {name!r}; valid: "
+                        f"{', '.join(available() + BACKBONES.names())}")
+    return BACKBONES.get(name).obj
+
+
 def build_backbone(cfg: dict, in_channels: int) -> nn.Module:
     """``cfg``: ``{name: resnet18, weights: PATH|null, **architecture kwargs}``."""
     cfg = dict(cfg or {})
     name = cfg.pop("name", "conv4")
     weights = cfg.pop("weights", None)
-    if name not in _BUILDERS:
-        raise UserError(f"backbone.name: unknown backbone {name!r}; valid: {', '.join(available())}")
+    builder = _BUILDERS.get(name) or _plugin_backbone(name)
     try:
-        net = _BUILDERS[name](in_channels, **cfg)
+        net = builder(in_channels, **cfg)
     except TypeError as e:
         raise UserError(f"backbone: bad option for {name}: {e}") from e
     if weights:

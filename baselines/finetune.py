@@ -20,6 +20,7 @@ from .protos import class_means
                  summary="lower bound: cross-entropy fine-tuning of the whole network per session")
 class Finetune(PrototypeFSCIL):
     frozen_after_base = False
+    session_config = ("finetune",)  # the base model is ncm's (--base-from)
 
     def learn_session(self, session: Session, ctx) -> None:
         ft = self.config.get("finetune", {})

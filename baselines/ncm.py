@@ -23,6 +23,8 @@ class PrototypeFSCIL(FSCILLearner):
     """Base class: trained backbone + cosine classifier whose rows become class prototypes."""
 
     frozen_after_base = True
+    #: ncm and teen train the same base model: one can reuse the other's (--base-from).
+    base_family = "decoupled-cosine"
 
     def __init__(self, config: dict, info: DataInfo):
         super().__init__(config, info)
@@ -32,14 +34,20 @@ class PrototypeFSCIL(FSCILLearner):
         if scale <= 0:
             raise UserError(f"classifier.scale must be positive, got {scale}")
         self.classifier = CosineClassifier(self.backbone.out_dim, info.num_classes, scale)
+        # Un-normalised prototypes as computed (class means; TEEN: calibrated ones for novel
+        # rows): the classifier stores unit rows, TEEN's ``paper`` variant needs the raw base
+        # means. Kept by ncm too, so that ncm and teen share one base model (--base-from).
+        self.raw_prototypes = torch.zeros(info.num_classes, self.backbone.out_dim)
         self.num_seen = 0
         self.base_log: dict = {}
 
     def extra_state(self):
-        return {"num_seen": self.num_seen}
+        return {"num_seen": self.num_seen, "raw_prototypes": self.raw_prototypes.clone()}
 
     def load_extra_state(self, state):
         self.num_seen = int(state.get("num_seen", 0))
+        if "raw_prototypes" in state:
+            self.raw_prototypes = state["raw_prototypes"].detach().cpu().float()
 
     def embed(self, x):
         return self.backbone(x)
@@ -59,6 +67,8 @@ class PrototypeFSCIL(FSCILLearner):
 
     @torch.no_grad()
     def set_rows(self, classes, protos: torch.Tensor) -> None:
+        self.raw_prototypes[torch.as_tensor(classes, dtype=torch.long)] = \
+            protos.detach().float().cpu()
         idx = torch.as_tensor(classes, dtype=torch.long, device=self.classifier.weight.device)
         self.classifier.weight[idx] = F.normalize(protos, dim=-1).to(self.classifier.weight)
 

@@ -473,6 +473,8 @@ def cosine_schedule(start: float, end: float, total: int, warmup: int = 0) -> np
 @register_method("beclr", task="fsl", summary="BECLR: unsupervised student-teacher pretraining "
                  "with DyCE memory, OpTA transductive inference (ICLR 2024)")
 class BECLR(FSLLearner):
+    checkpoint_exclude = ("memories",)  # DyCE memories: pretraining state, rebuilt by each fit
+
     def __init__(self, config: dict, info: DataInfo):
         super().__init__(config, info)
         dim = int(config.get("proj_dim", 512))

@@ -13,12 +13,14 @@ from fsbench import transforms as _transforms
 from fsbench.context import RunContext, derive_seed, resolve_device, seed_everything
 from fsbench.errors import UserError
 from fsbench.learner import DataInfo
+from fsbench.learnerstate import remember_initial
 from fsbench.loggers import ConsoleLogger, FileLogger, JSONLinesLogger, Logger
 from fsbench.memory import keep_freed_memory
+from fsbench.plugins import is_import_path
 from fsbench.registry import DATASETS, METHODS
-from fsbench.trainstate import FILE as EPOCHS_FILE
 from fsbench.results import (RESULT_SCHEMA, atomic_write_json, environment, new_run_dir, now_iso,
                              read_json)
+from fsbench.trainstate import FILE as EPOCHS_FILE
 
 RUN_FILE = "run.json"
 RESULT_FILE = "result.json"
@@ -42,6 +44,43 @@ def build_context(cfg: dict, channels: int, device: torch.device, seed: int,
         train_transform=_transforms.build(tf.get("train"), norm, channels, "transforms.train"),
         test_transform=_transforms.build(tf.get("test"), norm, channels, "transforms.test"),
         progress=progress, num_workers=int(cfg.get("num_workers", 0) or 0))
+
+
+def _method_entry(method: str, run_dir: Path | None = None):
+    """The registry entry of ``method``: a registered name, an entry point, or an import path
+    (``pkg.module:Class``, ``file.py:Class``; :mod:`fsbench.plugins`). On ``--resume`` a method
+    that cannot be imported any more is an error naming the run."""
+    if run_dir is None or not is_import_path(method):
+        return METHODS.get(method)
+    try:
+        return METHODS.get(method)
+    except UserError as e:
+        raise UserError(f"--resume {run_dir}: the run's method {method} cannot be imported "
+                        f"({e}); restore the file or package it came from") from None
+
+
+def _finished(run_dir: Path) -> dict | None:
+    """The result of a run that is complete already (``--resume`` of it changes nothing and
+    says so), else None."""
+    if not (run_dir / RESULT_FILE).is_file():
+        return None
+    from fsbench.frames import load_result
+
+    result = load_result(run_dir)
+    if result.get("status") != "complete":
+        return None
+    print(f"{run_dir} is complete already; nothing to resume (`fsbench show {run_dir}` prints "
+          f"its table)")
+    return result
+
+
+def _base_source(base_from, task: str) -> str | None:
+    """``--base-from`` as an absolute folder (recorded in run.json); FSCIL only."""
+    if base_from is None:
+        return None
+    if task != "fscil":
+        raise UserError("--base-from reuses an FSCIL base session; this method is FSL")
+    return str(Path(base_from).expanduser().resolve())
 
 
 def _split_identity(bench, metrics: dict, cfg: dict) -> dict:
@@ -82,41 +121,59 @@ def run(method: str, dataset: str, *, data_root=None, split_dir=None, preset: st
         device: str | None = None, out_dir: str | Path = "runs", resume: str | Path | None = None,
         loggers: list[Logger] | None = None, progress: bool = True,
         stop_after: int | None = None, threads: int | None = None,
-        reproducible: bool = False) -> dict:
+        reproducible: bool = False, base_from: str | Path | None = None) -> dict:
     """Run ``method`` on ``dataset`` and write ``RUN_DIR/result.json``; returns the result dict.
 
+    ``method`` is a registered name or an import path of a learner class,
+    ``"my_pkg.module:MyLearner"`` or ``"path/to/file.py:MyLearner"`` (:mod:`fsbench.plugins`).
+
     ``resume=RUN_DIR`` continues an interrupted run from its last checkpoint with its saved
-    configuration (other arguments are ignored).
+    configuration (other arguments are ignored); for a complete run it only returns the result
+    (nothing is rewritten).
 
     ``reproducible=True`` needs a process started in the reproducible CPU mode
     (:mod:`fsbench.repro`; ``fsbench run --reproducible`` does that); ``threads`` fixes the CPU
-    thread count. Both are recorded in ``run.json`` and ``result.json``."""
+    thread count. Both are recorded in ``run.json`` and ``result.json``.
+
+    ``base_from=RUN_DIR`` (FSCIL) loads the base model of an earlier compatible run instead of
+    training one (:mod:`fsbench.basemodel`); ``result.json`` records it as ``base_from``."""
     if resume is not None:
         run_dir = Path(resume)
         if not (run_dir / RUN_FILE).is_file():
             raise UserError(f"--resume {run_dir}: no {RUN_FILE} there; pass a folder made by "
                             f"`fsbench run` (runs/<time>-<method>-<dataset>)")
+        done = _finished(run_dir)
+        if done is not None:
+            return done
         inv = read_json(run_dir / RUN_FILE, "run file")
         try:
             method, dataset, cfg = inv["method"], inv["dataset"], inv["config"]
             seed, data_root = int(inv["seed"]), inv.get("data_root")
             split_dir = inv.get("split_dir")
+            if not isinstance(inv.get("method_import") or "", str):
+                raise TypeError("method_import")
+            base_from = inv.get("base_from")
+            if not isinstance(base_from or "", str):
+                raise TypeError("base_from")
         except (KeyError, TypeError, ValueError):
             raise UserError(f"{run_dir / RUN_FILE} is not a fsbench run file; start a new run") \
                 from None
         device = device or inv.get("device")
         reproducible = bool(inv.get("reproducible"))
         threads = inv.get("threads", threads)
+        entry = _method_entry(inv.get("method_import") or method, run_dir)
     else:
-        cfg = _config.resolve(method, dataset, preset, overrides)
+        entry = _method_entry(method)
+        method = entry.name
+        cfg = _config.resolve(method, dataset, preset, overrides, learner=entry.obj)
         seed = seed if seed is not None else cfg.get("seed", 0) or 0
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= 2**32 - 1:
             raise UserError(f"--seed {seed}: use a whole number from 0 to 4294967295")
         cfg["seed"] = seed
     threads = _pin_threads(reproducible, threads)
     malloc = keep_freed_memory()
-    entry = METHODS.get(method)
     task = entry.task
+    base_from = _base_source(base_from, task)
     dev = resolve_device(device or cfg.get("device"))
     if task == "fsl" and cfg.get("head", "none") != "none":
         from fsbench.heads import get_head
@@ -137,6 +194,7 @@ def run(method: str, dataset: str, *, data_root=None, split_dir=None, preset: st
                         num_classes=bench.train.num_classes)
     seed_everything(derive_seed(seed, "init"))  # parameter initialisation is part of the seed
     learner = entry.obj(cfg, info).to(dev)
+    remember_initial(learner)  # checkpoints keep what training changed (fsbench.learnerstate)
 
     if resume is None:
         run_dir = new_run_dir(out_dir, method, dataset)
@@ -145,7 +203,8 @@ def run(method: str, dataset: str, *, data_root=None, split_dir=None, preset: st
             "data_root": str(data_root) if data_root else os.environ.get("FSBENCH_DATA"),
             "split_dir": str(split_dir) if split_dir else None,
             "device": device, "reproducible": threads if reproducible else None,
-            "threads": threads, "created": now_iso()})
+            "threads": threads, "created": now_iso(),
+            "method_import": entry.extra.get("import_path"), "base_from": base_from})
     if loggers is None:
         loggers = [ConsoleLogger()]
     loggers = list(loggers) + [FileLogger(run_dir / "run.log"),
@@ -159,7 +218,8 @@ def run(method: str, dataset: str, *, data_root=None, split_dir=None, preset: st
         if task == "fscil":
             from fsbench.runners.fscil import run_sessions
             metrics = run_sessions(learner, bench, ctx, run_dir, loggers,
-                                   resume=resume is not None, stop_after=stop_after)
+                                   resume=resume is not None, stop_after=stop_after,
+                                   base_from=base_from)
         else:
             from fsbench.runners.fsl import run_fsl
             metrics = run_fsl(learner, bench, ctx, run_dir, loggers, resume=resume is not None)
@@ -174,11 +234,13 @@ def run(method: str, dataset: str, *, data_root=None, split_dir=None, preset: st
     times = metrics.pop("times", [])
     elapsed_before = float(metrics.pop("elapsed_before_s", 0.0))  # earlier processes (resume)
     partial = bool(metrics.pop("partial", False))
+    base_info = metrics.pop("base_from", None)
     backbone = _config.get(cfg, "backbone.name")
     standard = cfg.get("standard_backbone")
     result = {
         "schema": RESULT_SCHEMA, "fsbench_version": environment(dev)["fsbench"], "task": task,
         "method": method, "dataset": dataset, "seed": seed,
+        "method_import": entry.extra.get("import_path"), "base_from": base_info,
         "status": "partial" if partial else "complete",
         "config": cfg, "config_hash": _config.config_hash(cfg),
         "split": _split_identity(bench, metrics, cfg),

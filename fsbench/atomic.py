@@ -1,6 +1,7 @@
 """Atomic file writes: a uniquely named temporary file (``mkstemp``, O_EXCL) in the target folder,
 fsync, then ``os.replace``. Readers see the old file or the new one, never a part of either, and
-concurrent writers never interleave."""
+concurrent writers never interleave. The file gets the permissions ``open()`` would give it
+(0666 minus the umask: 0644 usually), not ``mkstemp``'s private 0600."""
 from __future__ import annotations
 
 import contextlib
@@ -28,10 +29,26 @@ def unwritable(path: str | Path, e: OSError) -> UnwritableError:
                            f"name under 255 bytes)")
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it where /proc allows."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore (not thread-safe, hence the fallback)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
-def atomic_open(path: str | Path, mode: str = "wb", encoding: str | None = None) -> Iterator[IO]:
+def atomic_open(path: str | Path, mode: str = "wb", encoding: str | None = None,
+                exclusive: bool = False) -> Iterator[IO]:
     """``with atomic_open(p, "w") as f: ...`` - ``p`` appears only if the block succeeds. A path
-    that cannot be written is a :class:`~fsbench.errors.UserError` naming it."""
+    that cannot be written is a :class:`~fsbench.errors.UserError` naming it. ``exclusive``:
+    never replace an existing ``p`` (``FileExistsError``; of concurrent writers one wins)."""
     path = Path(path)
     directory = path.parent if str(path.parent) else Path(".")
     try:
@@ -41,17 +58,35 @@ def atomic_open(path: str | Path, mode: str = "wb", encoding: str | None = None)
     except OSError as e:
         raise unwritable(path, e) from None
     try:
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, mode, encoding=encoding if "b" not in mode else None) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        _publish(tmp, path, exclusive)
     except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        if isinstance(e, OSError) and not isinstance(e, UnwritableError):
+        if isinstance(e, OSError) and not isinstance(e, (UnwritableError, FileExistsError)):
             raise unwritable(path, e) from None
         raise
+
+
+def _publish(tmp: str, path: Path, exclusive: bool) -> None:
+    if not exclusive:
+        os.replace(tmp, path)
+        return
+    try:
+        os.link(tmp, path)  # fails if path exists, atomically
+    except FileExistsError:
+        raise
+    except OSError:  # no hard links on this file system: check, then rename
+        if path.exists():
+            raise FileExistsError(path) from None
+        os.replace(tmp, path)
+        return
+    os.unlink(tmp)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -59,8 +94,8 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         f.write(data)
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    with atomic_open(path, "w", encoding="utf-8") as f:
+def atomic_write_text(path: str | Path, text: str, exclusive: bool = False) -> None:
+    with atomic_open(path, "w", encoding="utf-8", exclusive=exclusive) as f:
         f.write(text)
 
 

@@ -12,9 +12,12 @@ def cmd_run(args) -> int:
     if args.resume is None and (not args.method or not args.dataset):
         raise UserError("fsbench run needs --method and --dataset (or --resume RUN_DIR); "
                         "`fsbench list` shows the choices")
-    # Unknown names are refused before torch is imported (the registries list without importing).
+    from fsbench.plugins import is_import_path
+
+    # Unknown names are refused before torch is imported (the registries list without importing);
+    # an import path (pkg.module:Class, file.py:Class) is checked when it is imported.
     for value, registry in ((args.method, METHODS), (args.dataset, DATASETS)):
-        if args.resume is None and value not in registry:
+        if args.resume is None and value not in registry and not is_import_path(value):
             registry.get(value)  # one line naming the choices
     if args.print_config:
         import yaml
@@ -23,7 +26,8 @@ def cmd_run(args) -> int:
 
         if args.resume:
             raise UserError("--print-config applies to a new run, not --resume")
-        cfg = config.resolve(args.method, args.dataset, args.preset, args.set)
+        entry = METHODS.get(args.method)
+        cfg = config.resolve(entry.name, args.dataset, args.preset, args.set, learner=entry.obj)
         if args.seed is not None:
             cfg["seed"] = args.seed
         print(yaml.safe_dump(cfg, sort_keys=False, default_flow_style=False), end="")
@@ -34,7 +38,7 @@ def cmd_run(args) -> int:
         preset=args.preset,
         overrides=args.set, seed=args.seed, device=args.device, out_dir=args.out,
         resume=args.resume, progress=not args.no_progress, threads=args.threads,
-        reproducible=args.reproducible)
+        reproducible=args.reproducible, base_from=args.base_from)
     return 0
 
 
@@ -61,7 +65,7 @@ def _run_pin(args) -> int | None:
 
 
 def cmd_list(args) -> int:
-    from fsbench.registry import DATASETS, METHODS
+    from fsbench.registry import BACKBONES, DATASETS, METHODS
 
     print("methods:")
     for name, task, summary in METHODS.listing():
@@ -69,6 +73,11 @@ def cmd_list(args) -> int:
     print("datasets:")
     for name, task, summary in DATASETS.listing():
         print(f"  {name:<14} {task:<6} {summary}")
+    plugged = BACKBONES.listing()
+    if plugged:  # the built-in backbones are listed in the README (listing them imports torch)
+        print("backbone plug-ins:")
+        for name, _task, summary in plugged:
+            print(f"  {name:<14} {summary}")
     return 0
 
 
@@ -86,7 +95,8 @@ def cmd_show(args) -> int:
 
 def add_commands(sub) -> None:
     p = sub.add_parser("run", help="train and evaluate a method on a dataset")
-    p.add_argument("--method", help="method name (fsbench list)")
+    p.add_argument("--method", help="method name (fsbench list), or a learner class to import: "
+                   "my_pkg.module:MyLearner or path/to/file.py:MyLearner")
     p.add_argument("--dataset", help="dataset name (fsbench list)")
     p.add_argument("--data-root", help="folder holding the dataset (default $FSBENCH_DATA)")
     p.add_argument("--split-dir", help="the official FSCIL index_list folder (TOPIC/CEC), "
@@ -98,6 +108,9 @@ def add_commands(sub) -> None:
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--out", default="runs", help="folder for run directories (default runs/)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    p.add_argument("--base-from", metavar="RUN_DIR",
+                   help="FSCIL: load the base session's model from an earlier compatible run "
+                        "(same dataset, split, seed, base configuration) and skip base training")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.add_argument("--reproducible", action="store_true",
                    help="numbers independent of the machine: pin the CPU kernels to AVX2, "

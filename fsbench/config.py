@@ -5,7 +5,8 @@ Resolution order, later wins:
 0. ``presets/defaults.yaml`` - keys every run has (seed, device, select_on_test, head, ...);
 1. ``presets/datasets/<dataset>.yaml`` - data defaults (transforms, evaluation episodes, options);
 2. ``presets/<method>/<dataset>.yaml`` - the method's paper hyper-parameters for that dataset
-   (``presets/<method>/default.yaml`` when no dataset-specific file exists);
+   (``presets/<method>/default.yaml`` when no dataset-specific file exists); a plug-in method's
+   ``<module>.<dataset>.yaml`` or ``<module>.yaml`` next to its module (:mod:`fsbench.plugins`);
 3. ``--preset FILE`` - a user file;
 4. ``--set key.path=value`` overrides (values parsed as YAML; the key must already exist).
 """
@@ -92,6 +93,27 @@ def packaged_preset(method: str, dataset: str):
     return None
 
 
+def method_preset(method: str, dataset: str, learner=None):
+    """``(path, label)`` of the method's preset, or ``(None, None)``: the packaged one; for a
+    plug-in ``learner`` class (or a loaded entry point) the YAML file next to its module
+    (:func:`fsbench.plugins.preset_path`), else the packaged preset of the registered method it
+    subclasses."""
+    from fsbench import plugins
+    from fsbench.registry import METHODS
+
+    mp = packaged_preset(method, dataset)
+    if mp is not None:
+        return mp, f"{method}/{mp.name}"
+    if learner is None and METHODS.loaded(method) is not None:
+        learner = METHODS.loaded(method).obj
+    path = plugins.preset_path(learner, dataset) if learner is not None else None
+    if path is not None:
+        return path, str(path)
+    parent = getattr(learner, "registry_name", None)
+    mp = packaged_preset(parent, dataset) if parent else None
+    return (mp, f"{parent}/{mp.name}") if mp is not None else (None, None)
+
+
 def dataset_preset(dataset: str):
     cand = _preset_dir() / "datasets" / f"{dataset}.yaml"
     return cand if cand.is_file() else None
@@ -134,15 +156,16 @@ def apply_overrides(cfg: dict, overrides: list[tuple[list[str], Any]]) -> dict:
 
 
 def resolve(method: str, dataset: str, preset_file: str | None = None,
-            overrides: list[str] | dict | None = None) -> dict:
-    """The full configuration of a run (a plain, JSON-serialisable dict)."""
+            overrides: list[str] | dict | None = None, learner=None) -> dict:
+    """The full configuration of a run (a plain, JSON-serialisable dict); ``learner``: the
+    class of a plug-in method (its presets live next to its module)."""
     cfg: dict = read_yaml(_preset_dir() / "defaults.yaml", "defaults.yaml")
     dp = dataset_preset(dataset)
     if dp is not None:
         cfg = deep_merge(cfg, read_yaml(dp, f"datasets/{dataset}.yaml"))
-    mp = packaged_preset(method, dataset)
+    mp, label = method_preset(method, dataset, learner)
     if mp is not None:
-        cfg = deep_merge(cfg, read_yaml(mp, f"{method}/{mp.name}"))
+        cfg = deep_merge(cfg, read_yaml(mp, label))
     if preset_file:
         cfg = merge_checked(cfg, read_yaml(Path(preset_file)), f"--preset {preset_file}:")
     if isinstance(overrides, dict):

@@ -31,6 +31,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from fsbench import learnerstate
 from fsbench.episodes.base import ImageDataset
 
 
@@ -82,21 +83,30 @@ class Learner:
         """Named ``nn.Module`` parts (moved to the device and checkpointed)."""
         return {k: v for k, v in vars(self).items() if isinstance(v, torch.nn.Module)}
 
+    #: Attributes the automatic checkpointing skips (caches the learner rebuilds itself).
+    checkpoint_exclude: tuple = ()
+
     def extra_state(self) -> dict[str, Any]:
-        """Non-module state as tensors / plain Python values (for checkpoints)."""
+        """Non-module state as tensors / plain Python values (for checkpoints). Tensor, NumPy
+        and plain attributes are saved without it (:mod:`fsbench.learnerstate`); an attribute
+        named by a key returned here is left to this method and :meth:`load_extra_state`."""
         return {}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         pass
 
     def state_dict(self) -> dict[str, Any]:
+        """Modules, :meth:`extra_state` and every tensor, NumPy or plain attribute changed since
+        the constructor (:mod:`fsbench.learnerstate`)."""
+        extra = self.extra_state()
         return {"modules": {k: m.state_dict() for k, m in self.modules().items()},
-                "extra": self.extra_state()}
+                "extra": extra, "attributes": learnerstate.save(self, extra)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         mods = self.modules()
         for k, sd in state["modules"].items():
             mods[k].load_state_dict(sd)
+        learnerstate.load(self, state.get("attributes", {}))
         self.load_extra_state(state.get("extra", {}))
 
     def train(self, mode: bool = True) -> None:
@@ -133,6 +143,12 @@ class FSLLearner(Learner):
 
 class FSCILLearner(Learner):
     task = "fscil"
+    #: Learners with the same family train the same base model and may reuse each other's
+    #: (``--base-from``, :mod:`fsbench.basemodel`); None: the class itself.
+    base_family: Optional[str] = None
+    #: Top-level configuration blocks used only after the base session (they may differ
+    #: between runs that share a base model), e.g. TEEN's ``("teen",)``.
+    session_config: tuple = ()
 
     def fit_base(self, session: Session, ctx) -> None:
         raise NotImplementedError

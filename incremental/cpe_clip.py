@@ -171,6 +171,7 @@ class CPEPrompts(nn.Module):
                  "a frozen CLIP with prompt regularization (ICCV-W 2023)")
 class CPECLIP(FSCILLearner):
     frozen_after_base = False
+    checkpoint_exclude = ("bundle", "_text")  # extra_state saves the CLIP; _text is a cache
 
     def __init__(self, config: dict, info):
         super().__init__(config, info)

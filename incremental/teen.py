@@ -113,26 +113,11 @@ def teen_options(config: dict) -> dict:
 @register_method("teen", task="fscil",
                  summary="TEEN: NCM + training-free calibration of new prototypes toward base ones")
 class TEEN(PrototypeFSCIL):
+    session_config = ("teen",)  # the calibration follows the base session (--base-from)
+
     def __init__(self, config: dict, info: DataInfo):
         self.opts = teen_options(config)  # fail before building (and loading) the backbone
         super().__init__(config, info)
-        # Un-normalised prototypes as computed (class means; calibrated ones for novel rows):
-        # the classifier stores unit rows, the ``paper`` variant needs the raw base means.
-        self.raw_prototypes = torch.zeros(info.num_classes, self.backbone.out_dim)
-
-    def extra_state(self):
-        return {**super().extra_state(), "raw_prototypes": self.raw_prototypes.clone()}
-
-    def load_extra_state(self, state):
-        super().load_extra_state(state)
-        if "raw_prototypes" in state:
-            self.raw_prototypes = state["raw_prototypes"].detach().cpu().float()
-
-    @torch.no_grad()
-    def set_rows(self, classes, protos: torch.Tensor) -> None:
-        idx = torch.as_tensor(classes, dtype=torch.long)
-        self.raw_prototypes[idx] = protos.detach().float().cpu()
-        super().set_rows(classes, protos)
 
     @torch.no_grad()
     def learn_session(self, session: Session, ctx) -> None:

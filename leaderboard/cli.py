@@ -81,20 +81,22 @@ def cmd_plot(args) -> int:
 def cmd_submit(args) -> int:
     from . import store
 
-    root = Path(args.leaderboard_dir) if args.leaderboard_dir else store.default_dir()
+    root = Path(args.leaderboard_dir) if args.leaderboard_dir else store.user_dir()
+    if not args.leaderboard_dir and root.resolve().is_relative_to(store.PACKAGE_DIR):
+        raise UserError(f"fsbench submit would write into the installed package ({root}); "
+                        f"run it from another folder or pass --leaderboard-dir DIR")
     try:
         sub, label = store.read_submission_input(args.run)
         if args.reproduces:
             sub["reproduces"] = args.reproduces
         if args.note:
             sub["note"] = args.note
-        path, created = store.write_submission(sub, root, label)
+        path = store.write_submission(sub, root, label)
     except ValidationError as e:
         raise ValidationError(e.problems, e.what, "nothing was added to the leaderboard") \
             from None
     shown = path.relative_to(root) if path.is_relative_to(root) else path
-    print(f"{'submitted' if created else 'already submitted (same content)'}: {shown} "
-          f"(in {root})")
+    print(f"submitted: {shown} (in {root})")
     return 0
 
 
@@ -123,8 +125,9 @@ def _regress_pin(args):
 
 
 def add_commands(sub) -> None:
-    lb_help = ("leaderboard folder (default: the packaged leaderboard/, or "
-               "$FSBENCH_LEADERBOARD_DIR); a folder without published/ uses the packaged one")
+    lb_help = ("leaderboard folder (default: $FSBENCH_LEADERBOARD_DIR, else "
+               "./fsbench-leaderboard if it exists, else the packaged leaderboard); a folder "
+               "without published/ uses the packaged published entries")
 
     p = sub.add_parser("leaderboard", help="show published and reproduced results of a dataset",
                        description="Print the leaderboard of a dataset: published rows with "
@@ -153,7 +156,9 @@ def add_commands(sub) -> None:
                                                       "(default: matched by method, protocol "
                                                       "and backbone)")
     p.add_argument("--note", help="a note stored with the submission")
-    p.add_argument("--leaderboard-dir", metavar="DIR", help=lb_help)
+    p.add_argument("--leaderboard-dir", metavar="DIR",
+                   help="leaderboard folder to add to (default: $FSBENCH_LEADERBOARD_DIR, else "
+                        "./fsbench-leaderboard, created; never the installed package)")
     p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("regress", help="fail when reproductions drift from published numbers "

@@ -29,9 +29,23 @@ RESULT_SCHEMA = "fsbench.result/1"
 ID_LENGTH = 12
 
 
-def default_dir() -> Path:
+#: The user's leaderboard folder, under the current directory, that ``fsbench submit`` writes
+#: to by default (its published entries come from the package unless it has its own).
+USER_DIR = "fsbench-leaderboard"
+
+
+def user_dir() -> Path:
+    """Where ``fsbench submit`` writes without ``--leaderboard-dir``: $FSBENCH_LEADERBOARD_DIR,
+    else ``./fsbench-leaderboard`` - never the installed package."""
     env = os.environ.get("FSBENCH_LEADERBOARD_DIR")
-    return Path(env).expanduser() if env else PACKAGE_DIR
+    return Path(env).expanduser() if env else Path.cwd() / USER_DIR
+
+
+def default_dir() -> Path:
+    """What the reading commands use without ``--leaderboard-dir``: $FSBENCH_LEADERBOARD_DIR,
+    else ``./fsbench-leaderboard`` when it exists, else the packaged leaderboard."""
+    user = user_dir()
+    return user if os.environ.get("FSBENCH_LEADERBOARD_DIR") or user.is_dir() else PACKAGE_DIR
 
 
 def published_dir(lb_dir: Path) -> Path:
@@ -257,20 +271,53 @@ def submission_id(sub: dict) -> str:
     return hashlib.sha256(canon.encode("utf-8")).hexdigest()[:ID_LENGTH]
 
 
+#: Fields a submitter adds to a run; the same run with another note is still the same run.
+ANNOTATIONS = ("note", "reproduces")
+
+
+def run_id(sub: dict) -> str:
+    """The identity of the run behind a submission: its id without :data:`ANNOTATIONS`."""
+    return submission_id({k: v for k, v in sub.items() if k not in ANNOTATIONS})
+
+
+def same_run(lb_dir: Path, sub: dict) -> Path | None:
+    """An existing submission of the same run (:func:`run_id`) in ``lb_dir``, if any."""
+    folder = Path(lb_dir) / "submissions" / str(sub["dataset"])
+    rid = run_id(sub)
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # `fsbench leaderboard` reports unreadable files
+        if isinstance(doc, dict) and run_id(doc) == rid:
+            return path
+    return None
+
+
 def submission_path(lb_dir: Path, sub: dict) -> Path:
     return Path(lb_dir) / "submissions" / sub["dataset"] / \
         f"{sub['method']}-{submission_id(sub)}.json"
 
 
-def write_submission(sub: dict, lb_dir: str | Path, label: str = "submission") -> tuple[Path, bool]:
-    """Validate and write a submission; returns (path, created). Nothing is written when invalid."""
+def write_submission(sub: dict, lb_dir: str | Path, label: str = "submission") -> Path:
+    """Validate and write a submission; returns its path. Nothing is written when it is invalid
+    or when the leaderboard holds the same run already (:func:`run_id`; a one-line
+    :class:`UserError` naming that file; concurrent submits of one run write one file)."""
     errs = schema.validate_submission(sub, label)
     if errs:
         raise ValidationError(errs, label)
-    path = submission_path(Path(lb_dir), sub)
-    existed = path.is_file()
-    atomic_write_text(path, dump(sub))
-    return path, not existed
+    lb_dir = Path(lb_dir)
+    path = submission_path(lb_dir, sub)
+    try:
+        earlier = same_run(lb_dir, sub)
+        if earlier is None:
+            atomic_write_text(path, dump(sub), exclusive=True)
+            return path
+    except FileExistsError:
+        earlier = path
+    raise UserError(f"{label}: this run is on the leaderboard already as "
+                    f"{earlier.relative_to(lb_dir).as_posix()} (run id {run_id(sub)}); nothing "
+                    f"was added - delete that file first to replace it")
 
 
 # --------------------------------------------------------------------------- result -> submission

@@ -39,9 +39,12 @@ def test_round_trip_result_submit_leaderboard_regress(tmp_path, capsys):
     assert path.name == f"teen-{store.submission_id(doc)}.json"
     assert doc["metrics"]["sessions"][0]["acc"] == pytest.approx(80.4)
 
-    # submitting the same run again changes nothing
-    assert main(["submit", str(run / "result.json"), "--leaderboard-dir", str(lb)]) == 0
-    assert "already submitted" in capsys.readouterr().out
+    # submitting the same run again is refused, also with another note; nothing changes
+    for extra in ([], ["--note", "again"]):
+        assert main(["submit", str(run / "result.json"), "--leaderboard-dir", str(lb)]
+                    + extra) == 2
+        err = capsys.readouterr().err
+        assert f"on the leaderboard already as submissions/cub200/{path.name}" in err
     assert len(list((lb / "submissions").rglob("*.json"))) == 1
 
     assert main(["leaderboard", "--dataset", "cub200", "--format", "md",
@@ -91,6 +94,7 @@ def test_failed_write_leaves_nothing_behind(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(store.os, "replace", boom)
+    monkeypatch.setattr(store.os, "link", boom)
     with pytest.raises(OSError):
         store.write_submission(submission(), tmp_path)
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
@@ -146,7 +150,7 @@ def test_concurrent_submits_from_processes(tmp_path):
     ctx = multiprocessing.get_context("fork")
     with ProcessPoolExecutor(max_workers=6, mp_context=ctx) as pool:
         codes = list(pool.map(_submit_in_process, jobs))
-    assert codes == [0] * 12
+    assert sorted(codes) == [0] * 4 + [2] * 8  # each run once; its duplicates are refused
     files = sorted((lb / "submissions" / "cub200").iterdir())
     assert len(files) == 4  # 4 distinct seeds -> 4 distinct contents; no temp files left
     for f in files:

@@ -49,6 +49,7 @@ def _cosine_logits(q, protos, t):
                          "cross/self attention, cosine prototypes")
 class DVLARL(FSLLearner):
     uses_class_names = True
+    checkpoint_exclude = ("_text", "_sem")  # the text encoder and semantics, rebuilt on use
 
     def __init__(self, config: dict, info: DataInfo):
         super().__init__(config, info)

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fsbench import basemodel
 from fsbench.context import RunContext, derive_seed, seed_everything
 from fsbench.episodes.base import FSCILBenchmark
 from fsbench.learner import FSCILLearner, Session
@@ -54,10 +55,12 @@ def predict_all(learner: FSCILLearner, ctx: RunContext, test, idx: np.ndarray,
 
 def run_sessions(learner: FSCILLearner, bench: FSCILBenchmark, ctx: RunContext,
                  run_dir: Path, loggers=(), resume: bool = False,
-                 stop_after: int | None = None) -> dict:
+                 stop_after: int | None = None, base_from: str | Path | None = None) -> dict:
     """Run every session; returns ``{"sessions": [...], "avg", "pd", "last", "timings"}``.
 
-    ``stop_after`` ends the run after that session (used to test resuming)."""
+    ``stop_after`` ends the run after that session (used to test resuming). ``base_from``: an
+    earlier run whose base model (``base.pt``) replaces the base training
+    (:mod:`fsbench.basemodel`); every run writes its own ``base.pt`` after session 0."""
     proto = bench.protocol
     train, test = remap(bench)
     ckpt_path = Path(run_dir) / CHECKPOINT
@@ -69,11 +72,13 @@ def run_sessions(learner: FSCILLearner, bench: FSCILBenchmark, ctx: RunContext,
         remove_stale_temporaries(run_dir)
     elapsed_before = 0.0  # seconds of earlier processes of this run, up to their checkpoint
     started = time.perf_counter()
+    provenance = None  # where the base model came from (--base-from)
     if resume and ckpt_path.exists():
         state = restore_learner(learner, ckpt_path)
         sessions, times = list(state["sessions"]), list(state["times"])
         start = int(state["session"]) + 1
         elapsed_before = float(state.get("elapsed_s", sum(times)))
+        provenance = state.get("base_from")
     if resume:
         for lg in loggers:
             lg.on_resume(start)
@@ -86,8 +91,12 @@ def run_sessions(learner: FSCILLearner, bench: FSCILBenchmark, ctx: RunContext,
         sess = Session(index=t, data=train.subset(proto.train_indices(t)),
                        new_classes=proto.session_classes(t), num_seen=proto.num_seen(t))
         if t == 0:
-            learner.train()
-            learner.fit_base(sess, ctx)
+            base_id = basemodel.identity(learner, ctx.config, proto.split_id, ctx.seed)
+            if base_from is not None:
+                provenance = basemodel.load(base_from, learner, base_id)
+            else:
+                learner.train()
+                learner.fit_base(sess, ctx)
         else:
             if learner.frozen_after_base:
                 learner.eval()
@@ -107,12 +116,16 @@ def run_sessions(learner: FSCILLearner, bench: FSCILBenchmark, ctx: RunContext,
             lg.on_session(record)
         atomic_torch_save(ckpt_path, {"session": t, "learner": learner.state_dict(),
                                       "sessions": sessions, "times": times,
-                                      "elapsed_s": elapsed_before + time.perf_counter() - started})
+                                      "elapsed_s": elapsed_before + time.perf_counter() - started,
+                                      "base_from": provenance})
+        if t == 0:
+            basemodel.save(run_dir, learner, base_id, ctx.config.get("method"))
         epochs.clear()  # the session's checkpoint supersedes its training's epoch checkpoint
         if stop_after is not None and t >= stop_after and t < proto.num_sessions - 1:
             return {"sessions": sessions, "partial": True, "times": times,
-                    "elapsed_before_s": elapsed_before}
+                    "elapsed_before_s": elapsed_before, "base_from": provenance}
     out = summarize_sessions(sessions)
+    out["base_from"] = provenance
     out["times"] = times
     out["elapsed_before_s"] = elapsed_before
     return out
