@@ -14,7 +14,7 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 def _quick_start() -> tuple[list[str], list[str]]:
     text = README.read_text()
     blocks = re.findall(r"```(?:bash)?\n(.*?)```", text, flags=re.S)
-    (cmd,) = [b for b in blocks if "fsbench run --method teen --dataset glyphs" in b]
+    cmd = next(b for b in blocks if "fsbench run --method teen --dataset glyphs" in b)  # the first
     argv = shlex.split(cmd.split("&&")[-1].strip())
     assert argv[0] == "fsbench"
     sample = text.split("Sample output of the first command", 1)[1]
