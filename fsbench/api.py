@@ -17,8 +17,8 @@ from fsbench.loggers import ConsoleLogger, FileLogger, JSONLinesLogger, Logger
 from fsbench.memory import keep_freed_memory
 from fsbench.registry import DATASETS, METHODS
 from fsbench.trainstate import FILE as EPOCHS_FILE
-from fsbench.results import (RESULT_SCHEMA, atomic_write_json, environment, new_run_dir, now_iso,
-                             read_json)
+from fsbench.results import (RESULT_SCHEMA, atomic_write_json, environment, named_run_dir,
+                             new_run_dir, now_iso, read_json)
 
 RUN_FILE = "run.json"
 RESULT_FILE = "result.json"
@@ -82,16 +82,18 @@ def run(method: str, dataset: str, *, data_root=None, split_dir=None, preset: st
         device: str | None = None, out_dir: str | Path = "runs", resume: str | Path | None = None,
         loggers: list[Logger] | None = None, progress: bool = True,
         stop_after: int | None = None, threads: int | None = None,
-        reproducible: bool = False) -> dict:
+        reproducible: bool = False, run_dir: str | Path | None = None) -> dict:
     """Run ``method`` on ``dataset`` and write ``RUN_DIR/result.json``; returns the result dict.
 
     ``resume=RUN_DIR`` continues an interrupted run from its last checkpoint with its saved
-    configuration (other arguments are ignored).
+    configuration (other arguments are ignored). ``run_dir`` names the new run's folder exactly
+    (instead of ``out_dir/<time>-<method>-<dataset>``); it must not hold a run already.
 
     ``reproducible=True`` needs a process started in the reproducible CPU mode
     (:mod:`fsbench.repro`; ``fsbench run --reproducible`` does that); ``threads`` fixes the CPU
     thread count. Both are recorded in ``run.json`` and ``result.json``."""
     if resume is not None:
+        new_dir = None
         run_dir = Path(resume)
         if not (run_dir / RUN_FILE).is_file():
             raise UserError(f"--resume {run_dir}: no {RUN_FILE} there; pass a folder made by "
@@ -108,6 +110,10 @@ def run(method: str, dataset: str, *, data_root=None, split_dir=None, preset: st
         reproducible = bool(inv.get("reproducible"))
         threads = inv.get("threads", threads)
     else:
+        new_dir = Path(run_dir) if run_dir is not None else None
+        if new_dir is not None and (new_dir / RUN_FILE).exists():
+            raise UserError(f"--run-dir {new_dir} already holds a run; continue it with "
+                            f"`fsbench run --resume {new_dir}` or choose another folder")
         cfg = _config.resolve(method, dataset, preset, overrides)
         seed = seed if seed is not None else cfg.get("seed", 0) or 0
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= 2**32 - 1:
@@ -139,7 +145,8 @@ def run(method: str, dataset: str, *, data_root=None, split_dir=None, preset: st
     learner = entry.obj(cfg, info).to(dev)
 
     if resume is None:
-        run_dir = new_run_dir(out_dir, method, dataset)
+        run_dir = new_run_dir(out_dir, method, dataset) if new_dir is None else \
+            named_run_dir(new_dir)
         atomic_write_json(run_dir / RUN_FILE, {
             "method": method, "dataset": dataset, "seed": seed, "config": cfg,
             "data_root": str(data_root) if data_root else os.environ.get("FSBENCH_DATA"),
