@@ -371,7 +371,8 @@ def cmd_sweep(args) -> int:
             "ray": None if args.ray is None else (args.ray or "local"), "jobs": args.jobs}
     todo = [r for r in runs if run_state(root / RUNS / r.name) != "complete"]
     resumed = sum(run_state(root / RUNS / r.name) == "started" for r in todo)
-    print(f"sweep {root}: {len(runs)} runs ({len(groups)} configurations x {len(seeds)} seeds), "
+    print(f"sweep {root}: {len(runs)} runs ({len(groups)} configuration"
+          f"{'s' if len(groups) != 1 else ''} x {len(seeds)} seed{'s' if len(seeds) != 1 else ''}), "
           f"{len(runs) - len(todo)} already finished, {resumed} to resume, "
           f"{len(todo) - resumed} to start", flush=True)
     errors: dict[str, str] = {}
