@@ -247,6 +247,21 @@ def import_ray():
     return ray
 
 
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Refuse a ``HOST:PORT`` nobody listens at now, instead of Ray's minutes of retries."""
+    import socket
+
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or "://" in address:
+        return  # "auto", ray://..., or a form Ray itself interprets
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise UserError(f"--ray {address}: nothing answers there ({e.strerror or e}); start the "
+                        f"cluster with `ray start --head` and pass the address it prints") \
+            from None
+
+
 def run_ray(todo: list[Run], opts: dict, address: str | None, jobs: int, report) -> None:
     """One Ray task per run, requesting ``threads`` CPUs (and a GPU with ``--device cuda``).
 
@@ -262,9 +277,11 @@ def run_ray(todo: list[Run], opts: dict, address: str | None, jobs: int, report)
         else:
             ray.init(address=address, log_to_driver=False, configure_logging=False)
     except (ConnectionError, RuntimeError, ValueError) as e:
-        where = f"the Ray cluster at {address}" if address else "a local Ray"
-        raise UserError(f"cannot start {where}: {' '.join(str(e).split())[:300]}; for a "
-                        f"cluster run `ray start --head` first and pass its address") from None
+        where = f"connect to the Ray cluster at {address}" if address else "start a local Ray"
+        raise UserError(f"cannot {where}: {' '.join(str(e).split())[:300]}; start the cluster "
+                        f"with `ray start --head` and pass its address (`--ray auto` on the head "
+                        f"node; elsewhere with token authentication also RAY_AUTH_MODE=token and "
+                        f"the cluster's token, see `ray get-auth-token`)") from None
     try:
         gpus = 1 if str(opts.get("device") or "").startswith("cuda") else 0
         task = ray.remote(num_cpus=threads, num_gpus=gpus, max_retries=0)(execute)
@@ -356,8 +373,10 @@ def cmd_sweep(args) -> int:
     if args.preset and not Path(args.preset).is_file():
         raise UserError(f"--preset {args.preset} not found; check the path")
     threads = _threads(args)
-    if args.ray is not None:
-        import_ray()  # a missing Ray is reported before anything runs
+    if args.ray is not None:  # a missing Ray or cluster is reported before anything runs
+        import_ray()
+        if args.ray:
+            check_reachable(args.ray)
     runs, groups = plan(methods, datasets, grid, seeds, args.preset)
     root = Path(args.out).resolve()
     opts = {"root": str(root), "threads": threads, "reproducible": args.reproducible,

@@ -190,6 +190,20 @@ def test_missing_ray_names_the_install_command(tmp_path, capsys, monkeypatch):
     assert 'pip install -e ".[ray]"' in err and err.count("\n") == 1
 
 
+def test_a_cluster_address_nobody_answers_at_is_one_line(tmp_path, capsys):
+    pytest.importorskip("ray")
+    import socket
+
+    with socket.socket() as sock:  # a port that was free a moment ago
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    assert main(["sweep", "--methods", "ncm", "--datasets", "glyphs", "--ray",
+                 f"127.0.0.1:{port}", "--out", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert "nothing answers there" in err and "ray start --head" in err and err.count("\n") == 1
+    assert not (tmp_path / "s").exists()
+
+
 @pytest.mark.parametrize("text, needle", [
     ('{"schema": "fsbench.sweep-summary/1", "group": ', "not valid JSON"),
     ('{"schema": "fsbench.sweep-summary/1", "group": "g"}', "missing (required)"),
