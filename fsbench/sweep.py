@@ -22,18 +22,15 @@ import hashlib
 import itertools
 import json
 import os
-import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from fsbench.errors import UserError
-
-RUNS, LOGS = "runs", "logs"
-ERROR_PREFIX = "fsbench: error: "
-RAY_INSTALL = 'pip install -e ".[ray]"'
+from fsbench.sweeprun import (RAY_INSTALL, RUNS, check_reachable, import_ray, run_local, run_ray,
+                              run_state)
 
 
 @dataclass(frozen=True)
@@ -157,149 +154,6 @@ def plan(methods, datasets, grid, seeds, preset) -> tuple[list[Run], list[dict]]
     return runs, groups
 
 
-# --------------------------------------------------------------------------- one run
-
-def run_state(run_dir: Path) -> str:
-    """``complete`` (result.json says so), ``started`` (run.json exists) or ``new``."""
-    try:
-        with open(run_dir / "result.json") as f:
-            if json.load(f).get("status") == "complete":
-                return "complete"
-    except (OSError, ValueError, AttributeError):
-        pass
-    return "started" if (run_dir / "run.json").is_file() else "new"
-
-
-def child_command(run: dict, opts: dict, run_dir: Path) -> list[str]:
-    """The ``fsbench run`` command line of one run: a new run, or ``--resume`` of a started one."""
-    cmd = [sys.executable, "-m", "fsbench.cli", "run", "--no-progress"]
-    if run_state(run_dir) == "started":
-        return cmd + ["--resume", str(run_dir)]
-    cmd += ["--method", run["method"], "--dataset", run["dataset"], "--seed", str(run["seed"]),
-            "--run-dir", str(run_dir), "--threads", str(opts["threads"])]
-    for item in run["sets"]:
-        cmd += ["--set", item]
-    for flag in ("preset", "data_root", "device"):
-        if opts.get(flag):
-            cmd += [f"--{flag.replace('_', '-')}", str(opts[flag])]
-    if opts.get("reproducible"):
-        cmd.append("--reproducible")
-    return cmd
-
-
-def error_line(output: str, returncode: int) -> str:
-    """The child's one-line error: its ``fsbench: error:`` line, else the last line it printed
-    (a traceback's exception), else its exit code."""
-    lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
-    for ln in reversed(lines):
-        if ln.startswith(ERROR_PREFIX):
-            return ln
-    return lines[-1][:500] if lines else f"fsbench run exited with code {returncode}"
-
-
-def execute(run: dict, opts: dict) -> dict:
-    """Run one ``fsbench run`` child to its end; ``{"status": "complete"|"failed", "error",
-    "seconds"}``. Used as is by local workers and as a Ray task (it needs nothing but the files
-    under ``opts["root"]``)."""
-    root = Path(opts["root"])
-    run_dir, log = root / RUNS / run["name"], root / LOGS / f"{run['name']}.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    cmd = child_command(run, opts, run_dir)
-    t0 = time.perf_counter()
-    with open(log, "ab") as f:
-        start = f.tell()
-        f.write(f"$ {' '.join(cmd)}\n".encode())
-        f.flush()
-        rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL).returncode
-    seconds = round(time.perf_counter() - t0, 3)
-    if rc == 0 and run_state(run_dir) == "complete":
-        return {"status": "complete", "error": None, "seconds": seconds}
-    with open(log, "rb") as f:
-        f.seek(start)
-        output = f.read().decode("utf-8", "replace")
-    return {"status": "failed", "error": error_line(output, rc), "seconds": seconds}
-
-
-# --------------------------------------------------------------------------- executors
-
-def run_local(todo: list[Run], opts: dict, jobs: int, report) -> None:
-    """``jobs`` worker threads, each waiting on one child process at a time."""
-    from concurrent.futures import ThreadPoolExecutor, as_completed
-
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = {pool.submit(execute, asdict(r), opts): r for r in todo}
-        try:
-            for fut in as_completed(futures):
-                report(futures[fut], fut.result())
-        except BaseException:
-            for fut in futures:
-                fut.cancel()
-            raise
-
-
-def import_ray():
-    try:
-        import ray
-    except ImportError:
-        raise UserError(f"--ray needs Ray, which is not installed; install it with "
-                        f"`{RAY_INSTALL}`") from None
-    return ray
-
-
-def check_reachable(address: str, timeout: float = 5.0) -> None:
-    """Refuse a ``HOST:PORT`` nobody listens at now, instead of Ray's minutes of retries."""
-    import socket
-
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit() or "://" in address:
-        return  # "auto", ray://..., or a form Ray itself interprets
-    try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
-    except OSError as e:
-        raise UserError(f"--ray {address}: nothing answers there ({e.strerror or e}); start the "
-                        f"cluster with `ray start --head` and pass the address it prints") \
-            from None
-
-
-def run_ray(todo: list[Run], opts: dict, address: str | None, jobs: int, report) -> None:
-    """One Ray task per run, requesting ``threads`` CPUs (and a GPU with ``--device cuda``).
-
-    ``address`` None starts a local Ray with ``jobs * threads`` CPUs and no dashboard; otherwise
-    it connects to a running cluster (``ray start --head``), which must see the sweep folder at
-    the same path and have fsbench installed."""
-    ray = import_ray()
-    threads = opts["threads"]
-    try:
-        if address is None:
-            ray.init(num_cpus=jobs * threads, include_dashboard=False, log_to_driver=False,
-                     configure_logging=False)
-        else:
-            ray.init(address=address, log_to_driver=False, configure_logging=False)
-    except (ConnectionError, RuntimeError, ValueError) as e:
-        where = f"connect to the Ray cluster at {address}" if address else "start a local Ray"
-        raise UserError(f"cannot {where}: {' '.join(str(e).split())[:300]}; start the cluster "
-                        f"with `ray start --head` and pass its address (`--ray auto` on the head "
-                        f"node; elsewhere with token authentication also RAY_AUTH_MODE=token and "
-                        f"the cluster's token, see `ray get-auth-token`)") from None
-    try:
-        gpus = 1 if str(opts.get("device") or "").startswith("cuda") else 0
-        task = ray.remote(num_cpus=threads, num_gpus=gpus, max_retries=0)(execute)
-        pending = {task.remote(asdict(r), opts): r for r in todo}
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
-            for ref in done:
-                run = pending.pop(ref)
-                try:
-                    out = ray.get(ref)
-                except ray.exceptions.RayError as e:  # the worker died, not the run
-                    out = {"status": "failed", "seconds": None,
-                           "error": f"Ray task failed: {' '.join(str(e).split())[:300]}"}
-                report(run, out)
-    finally:
-        ray.shutdown()
-
-
 # --------------------------------------------------------------------------- summaries
 
 def load_result(run_dir: Path) -> dict | None:
@@ -337,8 +191,13 @@ def write_summaries(root: Path, runs: list[Run], groups: list[dict], errors: dic
                                                               "again to resume it"})
         rel = None
         if results:
-            rel = f"{summary.SUMMARY_DIR}/{g['group']}.json"
-            dump(root / rel, summary.summarize(g, results, failed))
+            try:
+                doc = summary.summarize(g, results, failed)
+            except UserError as e:  # seeds that do not agree: say so, keep the other groups
+                print(f"fsbench: warning: no summary for {g['group']}: {e}", file=sys.stderr)
+            else:
+                rel = f"{summary.SUMMARY_DIR}/{g['group']}.json"
+                dump(root / rel, doc)
         entries.append({"group": g["group"], "method": g["method"], "dataset": g["dataset"],
                         "settings": g["settings"], "summary": rel,
                         "seeds": [int(r["seed"]) for r in results], "failed": failed})
@@ -358,6 +217,28 @@ def _threads(args) -> int:
     if args.reproducible:
         return repro.DEFAULT_THREADS
     return max(1, (os.cpu_count() or 1) // args.jobs)
+
+
+class Progress:
+    """Prints one line per finished run (called from worker threads) and keeps the errors."""
+
+    def __init__(self, total: int):
+        self.total, self.done, self.errors = total, 0, {}
+        self.lock = threading.Lock()
+
+    def __call__(self, run: Run, out: dict) -> None:
+        with self.lock:
+            self.done += 1
+            took = f" in {out['seconds']:.0f} s" if out.get("seconds") is not None else ""
+            what = "finished" if out["status"] == "complete" else "FAILED"
+            if out["status"] != "complete":
+                self.errors[run.name] = out["error"]
+            print(f"[{self.done}/{self.total}] {run.name} {what}{took}"
+                  + (f": {out['error']}" if out["status"] != "complete" else ""), flush=True)
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'s' if n != 1 else ''}"
 
 
 def cmd_sweep(args) -> int:
@@ -390,39 +271,23 @@ def cmd_sweep(args) -> int:
             "ray": None if args.ray is None else (args.ray or "local"), "jobs": args.jobs}
     todo = [r for r in runs if run_state(root / RUNS / r.name) != "complete"]
     resumed = sum(run_state(root / RUNS / r.name) == "started" for r in todo)
-    print(f"sweep {root}: {len(runs)} runs ({len(groups)} configuration"
-          f"{'s' if len(groups) != 1 else ''} x {len(seeds)} seed{'s' if len(seeds) != 1 else ''}), "
-          f"{len(runs) - len(todo)} already finished, {resumed} to resume, "
-          f"{len(todo) - resumed} to start", flush=True)
-    errors: dict[str, str] = {}
-    lock, done = threading.Lock(), [0]
-
-    def report(run: Run, out: dict) -> None:
-        with lock:
-            done[0] += 1
-            took = f" in {out['seconds']:.0f} s" if out.get("seconds") is not None else ""
-            if out["status"] == "complete":
-                print(f"[{done[0]}/{len(todo)}] {run.name} finished{took}", flush=True)
-            else:
-                errors[run.name] = out["error"]
-                print(f"[{done[0]}/{len(todo)}] {run.name} FAILED{took}: {out['error']}",
-                      flush=True)
-
+    print(f"sweep {root}: {_plural(len(runs), 'run')} ({_plural(len(groups), 'configuration')} "
+          f"x {_plural(len(seeds), 'seed')}), {len(runs) - len(todo)} already finished, "
+          f"{resumed} to resume, {len(todo) - resumed} to start", flush=True)
+    progress = Progress(len(todo))
     try:
-        if not todo:
-            pass
-        elif args.ray is None:
-            run_local(todo, opts, args.jobs, report)
-        else:
-            run_ray(todo, opts, args.ray or None, args.jobs, report)
+        if todo and args.ray is None:
+            run_local(todo, opts, args.jobs, progress)
+        elif todo:
+            run_ray(todo, opts, args.ray or None, args.jobs, progress)
     except KeyboardInterrupt:
         print("fsbench: sweep interrupted; run the same command again to resume it",
               file=sys.stderr)
         return 130
-    index = write_summaries(root, runs, groups, errors, spec)
+    index = write_summaries(root, runs, groups, progress.errors, spec)
     print(summary.sweep_table(index, root))
     print(f"summaries: {root / summary.SUMMARY_DIR}/, index: {root / summary.INDEX_FILE}")
-    return 1 if errors else 0
+    return 1 if progress.errors else 0
 
 
 def add_commands(sub) -> None:
