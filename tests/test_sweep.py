@@ -231,3 +231,12 @@ def test_summary_numbers_are_checked_when_read(tmp_path):
     doc["metrics"]["avg"]["mean"] += 1  # no longer the mean of its values
     assert any("metrics.avg.mean: is not the mean of values" in e
                for e in summary.validate(doc, "s"))
+
+
+def test_run_dir_that_holds_a_run_is_refused(tmp_path, capsys):
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "run.json").write_text("{}")
+    assert main(["run", "--method", "ncm", "--dataset", "glyphs", "--run-dir", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "already holds a run" in err and f"--resume {run}" in err and err.count("\n") == 1
