@@ -32,6 +32,15 @@ INDEX_FILE = "summary.json"
 SUMMARY_DIR = "summaries"
 #: ``mean`` must equal the mean of ``values`` within this (the file is checked, not trusted).
 _TOL = 1e-6
+_GROUP = re.compile(r"^[a-z0-9][a-z0-9_.+-]{0,199}$")  # <method>-<dataset>-<hash>
+_KEY = re.compile(r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$")  # a dotted preset key
+
+
+def now() -> str:
+    """The time stamp of summaries and indexes (UTC, ISO 8601, seconds)."""
+    import datetime
+
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 # --------------------------------------------------------------------------- statistics
@@ -112,8 +121,6 @@ def summarize(group: dict, results: list[dict], failed: list[dict]) -> dict:
 
     ``group`` holds ``group`` (name), ``settings`` (the grid point) and ``config_hash``;
     ``failed`` lists ``{seed, run_dir, error}`` of the seeds that did not finish."""
-    from fsbench.results import now_iso
-
     ident = _identity(results)
     metrics = _fscil_metrics(results) if ident["task"] == "fscil" else _fsl_metrics(results)
     seeds = [int(r["seed"]) for r in results]
@@ -121,7 +128,7 @@ def summarize(group: dict, results: list[dict], failed: list[dict]) -> dict:
             "settings": group["settings"], "config_hash": group["config_hash"],
             "seeds": seeds, "n_seeds": len(seeds),
             "runs": [{"seed": s, "run_dir": r["run_dir"]} for s, r in zip(seeds, results)],
-            "failed": failed, "metrics": metrics, "finished": now_iso()}
+            "failed": failed, "metrics": metrics, "finished": now()}
 
 
 # --------------------------------------------------------------------------- validation
@@ -131,7 +138,7 @@ def _checks():
     from fsbench.leaderboard import schema as s
 
     run_dir = s.string(max_len=1000)
-    _name = s.string(re.compile(r"^[a-z0-9][a-z0-9_.+-]{0,63}$"), 64,
+    name = s.string(re.compile(r"^[a-z0-9][a-z0-9_.+-]{0,63}$"), 64,
                      what="a method or dataset name")
 
     def stat_check(lo: float, hi: float):
@@ -165,15 +172,15 @@ def _checks():
     fsl = s.obj({"shots": s.mapping(re.compile(r"^[1-9][0-9]{0,2}$"), shot, 10, "shot count")})
     seed = s.integer(0, 2**32 - 1)
     failure = s.obj({"seed": seed, "run_dir": run_dir, "error": s.string(max_len=2000)})
-    settings = s.mapping(_KEY, _setting, 100,
-                         "dotted preset key")
+    settings = s.mapping(_KEY, _setting, 100, "dotted preset key")
     summary = s.obj({
         "schema": s.exactly(SUMMARY_SCHEMA), "group": s.string(_GROUP, 200, what="a group name"),
-        "task": s.TASK, "method": _name, "dataset": _name, "split": s.obj(
+        "task": s.TASK, "method": name, "dataset": name, "split": s.obj(
             {"id": s.string(max_len=200), "generated": s.boolean},
-            {"protocol": s.anything, "way": s.integer(2, 10_000), "query": s.integer(1, 10**6),
-             "shots": s.array(s.integer(1, 999), 1, 10), "episodes": s.integer(1, 10**7),
-             "source": s.nullable(s.SLUG), "manifest_sha256": s.nullable(s.HEX64)}),
+            {"protocol": s.FSCIL_PROTOCOL, "way": s.integer(2, 10_000),
+             "query": s.integer(1, 10**6), "shots": s.array(s.integer(1, 999), 1, 10),
+             "episodes": s.integer(1, 10**7), "source": s.nullable(s.SLUG),
+             "manifest_sha256": s.nullable(s.HEX64)}),
         "backbone": s.nullable(s.string(max_len=200)), "pretraining": s.SLUG,
         "flags": s.obj({k: s.boolean for k in s.SUBMISSION_FLAGS}),
         "environment": s.nullable(s.mapping(re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$"),
@@ -184,17 +191,17 @@ def _checks():
         "runs": s.array(s.obj({"seed": seed, "run_dir": run_dir}), 1, 100_000),
         "failed": s.array(failure, 0, 100_000), "metrics": s.anything,
         "finished": s.SHORT_TEXT})
-    group = s.obj({"group": s.string(_GROUP, 200, what="a group name"), "method": _name,
-                   "dataset": _name, "settings": settings,
+    group = s.obj({"group": s.string(_GROUP, 200, what="a group name"), "method": name,
+                   "dataset": name, "settings": settings,
                    "summary": s.nullable(s.string(re.compile(r"^summaries/[^/\\]+\.json$"), 300,
                                                   what="summaries/<group>.json")),
                    "seeds": s.array(seed, 0, 100_000, unique=True),
                    "failed": s.array(failure, 0, 100_000)})
     index = s.obj({"schema": s.exactly(INDEX_SCHEMA), "spec": s.obj({}, {
-        "methods": s.array(_name, 1, 1000), "datasets": s.array(_name, 1, 1000),
-        "seeds": s.array(seed, 1, 100_000), "grid": s.mapping(
-            _KEY, s.array(_setting, 1, 1000), 100,
-            "dotted preset key"), "set": s.array(s.string(max_len=2000), 0, 1000),
+        "methods": s.array(name, 1, 1000), "datasets": s.array(name, 1, 1000),
+        "seeds": s.array(seed, 1, 100_000),
+        "grid": s.mapping(_KEY, s.array(_setting, 1, 1000), 100, "dotted preset key"),
+        "set": s.array(s.string(max_len=2000), 0, 1000),
         "preset": s.nullable(s.string(max_len=1000)), "device": s.nullable(s.SHORT_TEXT),
         "threads": s.integer(1, 1024), "reproducible": s.boolean,
         "ray": s.nullable(s.SHORT_TEXT), "jobs": s.integer(1, 10_000)}),
@@ -211,9 +218,6 @@ def _setting(p, path, v) -> bool:
     return s.scalar(p, path, v)
 
 
-_GROUP = re.compile(r"^[a-z0-9][a-z0-9_.+-]{0,199}$")
-_KEY = re.compile(r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$")
-
 
 def validate(doc: Any, label: str) -> list[str]:
     """Every problem of a group summary or a sweep index, one line each (empty when valid)."""
@@ -226,8 +230,8 @@ def validate(doc: Any, label: str) -> list[str]:
         index(p, "", doc)
         return p.lines
     if kind != SUMMARY_SCHEMA:
-        p.add("schema", f"{json.dumps(kind)[:60]} is neither {SUMMARY_SCHEMA!r} nor {INDEX_SCHEMA!r}; "
-                        f"pass a file written by `fsbench sweep`")
+        p.add("schema", f"{json.dumps(kind)[:60]} is neither {SUMMARY_SCHEMA!r} nor "
+                        f"{INDEX_SCHEMA!r}; pass a file written by `fsbench sweep`")
         return p.lines
     if not summary(p, "", doc):
         return p.lines

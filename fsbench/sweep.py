@@ -24,7 +24,6 @@ import json
 import os
 import sys
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -202,7 +201,7 @@ def write_summaries(root: Path, runs: list[Run], groups: list[dict], errors: dic
                         "settings": g["settings"], "summary": rel,
                         "seeds": [int(r["seed"]) for r in results], "failed": failed})
     index = {"schema": summary.INDEX_SCHEMA, "spec": spec, "groups": entries,
-             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+             "finished": summary.now()}
     dump(root / summary.INDEX_FILE, index)
     return index
 

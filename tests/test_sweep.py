@@ -164,6 +164,18 @@ def test_fsl_summary_statistics_and_multi_seed_submission(tmp_path):
     assert schema.validate_submission(sub, "s") == []
     assert sub["metrics"]["shots"]["5"] == {"mean": pytest.approx(69.0), "ci95": 0.3,
                                             "n_episodes": 600, "std": pytest.approx(1.0)}
+    # the leaderboard's CSV gains n_seeds and the std columns for such a row
+    import csv
+    import io
+
+    from fsbench.leaderboard import render
+
+    store.write_submission(sub, tmp_path / "lb")
+    tables = render.build_tables(store.load(tmp_path / "lb"), "miniimagenet")
+    rows = list(csv.DictReader(io.StringIO(render.to_csv(tables))))
+    (row,) = [r for r in rows if r["row"] == "reproduced"]  # (the packaged published rows too)
+    assert row["n_seeds"] == "3" and row["shot_1_std"] == "1.00" and row["shot_1_ci95"] == "0.50"
+    assert "51.00 ± 1.00" in render.to_text(tables)
 
 
 @pytest.mark.parametrize("argv, needle", [
