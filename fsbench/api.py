@@ -18,8 +18,8 @@ from fsbench.loggers import ConsoleLogger, FileLogger, JSONLinesLogger, Logger
 from fsbench.memory import keep_freed_memory
 from fsbench.plugins import is_import_path
 from fsbench.registry import DATASETS, METHODS
-from fsbench.results import (RESULT_SCHEMA, atomic_write_json, environment, new_run_dir, now_iso,
-                             read_json)
+from fsbench.results import (RESULT_SCHEMA, atomic_write_json, environment, named_run_dir,
+                             new_run_dir, now_iso, read_json)
 from fsbench.trainstate import FILE as EPOCHS_FILE
 
 RUN_FILE = "run.json"
@@ -121,7 +121,8 @@ def run(method: str, dataset: str, *, data_root=None, split_dir=None, preset: st
         device: str | None = None, out_dir: str | Path = "runs", resume: str | Path | None = None,
         loggers: list[Logger] | None = None, progress: bool = True,
         stop_after: int | None = None, threads: int | None = None,
-        reproducible: bool = False, base_from: str | Path | None = None) -> dict:
+        reproducible: bool = False, base_from: str | Path | None = None,
+        run_dir: str | Path | None = None) -> dict:
     """Run ``method`` on ``dataset`` and write ``RUN_DIR/result.json``; returns the result dict.
 
     ``method`` is a registered name or an import path of a learner class,
@@ -129,7 +130,8 @@ def run(method: str, dataset: str, *, data_root=None, split_dir=None, preset: st
 
     ``resume=RUN_DIR`` continues an interrupted run from its last checkpoint with its saved
     configuration (other arguments are ignored); for a complete run it only returns the result
-    (nothing is rewritten).
+    (nothing is rewritten). ``run_dir`` names the new run's folder exactly (instead of
+    ``out_dir/<time>-<method>-<dataset>``); it must not hold a run already.
 
     ``reproducible=True`` needs a process started in the reproducible CPU mode
     (:mod:`fsbench.repro`; ``fsbench run --reproducible`` does that); ``threads`` fixes the CPU
@@ -138,6 +140,7 @@ def run(method: str, dataset: str, *, data_root=None, split_dir=None, preset: st
     ``base_from=RUN_DIR`` (FSCIL) loads the base model of an earlier compatible run instead of
     training one (:mod:`fsbench.basemodel`); ``result.json`` records it as ``base_from``."""
     if resume is not None:
+        new_dir = None
         run_dir = Path(resume)
         if not (run_dir / RUN_FILE).is_file():
             raise UserError(f"--resume {run_dir}: no {RUN_FILE} there; pass a folder made by "
@@ -163,6 +166,10 @@ def run(method: str, dataset: str, *, data_root=None, split_dir=None, preset: st
         threads = inv.get("threads", threads)
         entry = _method_entry(inv.get("method_import") or method, run_dir)
     else:
+        new_dir = Path(run_dir) if run_dir is not None else None
+        if new_dir is not None and (new_dir / RUN_FILE).exists():
+            raise UserError(f"--run-dir {new_dir} already holds a run; continue it with "
+                            f"`fsbench run --resume {new_dir}` or choose another folder")
         entry = _method_entry(method)
         method = entry.name
         cfg = _config.resolve(method, dataset, preset, overrides, learner=entry.obj)
@@ -197,7 +204,8 @@ def run(method: str, dataset: str, *, data_root=None, split_dir=None, preset: st
     remember_initial(learner)  # checkpoints keep what training changed (fsbench.learnerstate)
 
     if resume is None:
-        run_dir = new_run_dir(out_dir, method, dataset)
+        run_dir = new_run_dir(out_dir, method, dataset) if new_dir is None else \
+            named_run_dir(new_dir)
         atomic_write_json(run_dir / RUN_FILE, {
             "method": method, "dataset": dataset, "seed": seed, "config": cfg,
             "data_root": str(data_root) if data_root else os.environ.get("FSBENCH_DATA"),

@@ -38,7 +38,7 @@ def cmd_run(args) -> int:
         preset=args.preset,
         overrides=args.set, seed=args.seed, device=args.device, out_dir=args.out,
         resume=args.resume, progress=not args.no_progress, threads=args.threads,
-        reproducible=args.reproducible, base_from=args.base_from)
+        reproducible=args.reproducible, base_from=args.base_from, run_dir=args.run_dir)
     return 0
 
 
@@ -82,10 +82,15 @@ def cmd_list(args) -> int:
 
 
 def cmd_show(args) -> int:
+    from fsbench import summary
+
+    path = Path(args.run_dir)
+    if summary.is_summary(path):
+        print(summary.show(path))
+        return 0
     from fsbench.loggers import result_table
     from fsbench.results import check_result_shape, read_json
 
-    path = Path(args.run_dir)
     path = path / "result.json" if path.is_dir() else path
     result = read_json(path, "result file")
     check_result_shape(result, path)
@@ -107,6 +112,8 @@ def add_commands(sub) -> None:
     p.add_argument("--seed", type=int, help="random seed (default from the preset, else 0)")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--out", default="runs", help="folder for run directories (default runs/)")
+    p.add_argument("--run-dir", metavar="DIR", help="the new run's folder, exactly (default "
+                   "OUT/<time>-<method>-<dataset>); used by `fsbench sweep`")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
     p.add_argument("--base-from", metavar="RUN_DIR",
                    help="FSCIL: load the base session's model from an earlier compatible run "
@@ -126,6 +133,7 @@ def add_commands(sub) -> None:
     p = sub.add_parser("list", help="list methods and datasets")
     p.set_defaults(func=cmd_list)
 
-    p = sub.add_parser("show", help="print the table of a finished run")
-    p.add_argument("run_dir", metavar="RUN_DIR")
+    p = sub.add_parser("show", help="print the table of a finished run, or of a sweep's "
+                                    "summary (mean ± std over seeds)")
+    p.add_argument("run_dir", metavar="RUN_DIR|SUMMARY.json|SWEEP_DIR")
     p.set_defaults(func=cmd_show)

@@ -154,6 +154,18 @@ def new_run_dir(out: str | Path, method: str, dataset: str) -> Path:
             raise unwritable(path, e) from None
 
 
+def named_run_dir(path: str | Path) -> Path:
+    """Make the run folder ``path`` (its parents too); an existing empty folder is fine."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise UserError(f"--run-dir {path} is a file, not a folder; pass a folder") from None
+    except OSError as e:
+        raise unwritable(path, e) from None
+    return path
+
+
 def git_commit() -> str | None:
     here = Path(__file__).resolve().parent.parent
     try:

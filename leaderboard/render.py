@@ -28,6 +28,7 @@ class Cell:
     mark: str = ""  # "", "unverified", "unresolved", "missing"
     delta: bool = False
     title: str = ""
+    std: float | None = None  # multi-seed rows: sample std over seeds (shown instead of ci)
 
     def text(self, marks: bool = True) -> str:
         if self.value is None:
@@ -35,8 +36,9 @@ class Cell:
                 return MARK_UNRESOLVED
             return MISSING
         s = f"{self.value:+.2f}" if self.delta else f"{self.value:.2f}"
-        if self.ci is not None:
-            s += f" ± {self.ci:.2f}"
+        spread = self.std if self.std is not None else self.ci
+        if spread is not None:
+            s += f" ± {spread:.2f}"
         if marks and self.mark == "unverified":
             s += MARK_UNVERIFIED
         return s
@@ -78,9 +80,15 @@ class Table:
     @property
     def caption(self) -> str:
         if self.task == "fscil":
-            return ("Top-1 accuracy (%) on all classes seen so far after each session; "
+            text = ("Top-1 accuracy (%) on all classes seen so far after each session; "
                     "AVG = mean over all sessions, PD = session 0 − last session.")
-        return "Accuracy (%) ± 95% confidence interval over test episodes."
+        else:
+            text = "Accuracy (%) ± 95% confidence interval over test episodes."
+        if any(r.entry is not None and r.entry.stds and r.kind == "reproduced"
+               for r in self.rows):
+            text += (" Rows over several seeds show the mean ± sample standard deviation over "
+                     "the seeds (their note gives the seeds).")
+        return text
 
     def header(self) -> list[str]:
         return ["Method", "Row", "Backbone", "Pretraining", *self.columns, "Verified", "Ref"]
@@ -109,7 +117,8 @@ def _metric_cells(e: Entry, shots: list[int], n_sessions: int) -> list[Cell]:
             mark = marks.get(name, "")
             cells.append(Cell(v, mark=mark if mark in ("unverified", "unresolved") else
                               ("" if v is not None else "missing"),
-                              title=e.cells.get(name, {}).get("note", "")))
+                              title=e.cells.get(name, {}).get("note", ""),
+                              std=e.stds.get(name)))
     else:
         for k in shots:
             mean, ci = e.shots.get(k, (None, None))
@@ -119,7 +128,7 @@ def _metric_cells(e: Entry, shots: list[int], n_sessions: int) -> list[Cell]:
                 "unverified" if "unverified" in ms else ("" if mean is not None else "missing")
             title = "; ".join(e.cells[n]["note"] for n in
                               (f"shots.{k}", f"shots.{k}.mean", f"shots.{k}.ci95") if n in e.cells)
-            cells.append(Cell(mean, ci, mark=mark, title=title))
+            cells.append(Cell(mean, ci, mark=mark, title=title, std=e.stds.get(f"shots.{k}")))
     return cells
 
 
@@ -162,7 +171,10 @@ def _published_note(e: Entry) -> str:
 def _submission_note(s: Entry, ref: Entry | None, ref_no: int | None, why_not: str) -> str:
     raw = s.raw
     split = raw["split"]["id"]
-    bits = [f"Reproduction {s.key}", f"seeds {', '.join(map(str, s.seeds))}",
+    seeds = f"seeds {', '.join(map(str, s.seeds))}"
+    if s.stds:
+        seeds = f"mean ± sample std over {len(s.seeds)} seeds ({', '.join(map(str, s.seeds))})"
+    bits = [f"Reproduction {s.key}", seeds,
             f"split {split if len(split) <= 20 else split[:16] + '…'}"]
     src = raw.get("source") or {}
     if src.get("fsbench_version"):
@@ -336,6 +348,13 @@ def to_csv(tables: list[Table]) -> str:
     header += [f"session_{i}" for i in range(n_sessions)] + (["avg", "pd"] if n_sessions else [])
     for k in shots:
         header += [f"shot_{k}_mean", f"shot_{k}_ci95"]
+    # Multi-seed rows add their std over seeds after each value's column (and n_seeds).
+    multi = any(c.std is not None for t in tables for r in t.rows for c in r.cells)
+    if multi:
+        header = [h2 for h in header for h2 in
+                  ([h, f"{h}_std"] if h.startswith("session_") or h in ("avg", "pd") else
+                   [h, h.replace("_ci95", "_std")] if h.endswith("_ci95") else [h])]
+        header.insert(header.index("verified"), "n_seeds")
     header += ["unverified_cells", "unresolved_cells", "entry", "note"]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -352,15 +371,18 @@ def to_csv(tables: list[Table]) -> str:
                    "entry": r.entry.key if r.entry else "", "note": t.notes[r.ref - 1]
                    if r.kind != "delta" else ""}
             if t.task == "fscil":
-                for i, c in enumerate(r.cells[:-2]):
-                    rec[f"session_{i}"] = num(c.value)
-                rec["avg"], rec["pd"] = num(r.cells[-2].value), num(r.cells[-1].value)
+                cols = [f"session_{i}" for i in range(len(r.cells) - 2)] + ["avg", "pd"]
+                for col, c in zip(cols, r.cells):
+                    rec[col], rec[f"{col}_std"] = num(c.value), num(c.std)
                 names = [f"sessions[{i}]" for i in range(len(r.cells) - 2)] + ["avg", "pd"]
             else:
                 for c, label in zip(r.cells, t.columns):
                     k = int(label.split("-")[0])
                     rec[f"shot_{k}_mean"], rec[f"shot_{k}_ci95"] = num(c.value), num(c.ci)
+                    rec[f"shot_{k}_std"] = num(c.std)
                 names = [f"shots.{label.split('-')[0]}" for label in t.columns]
+            if r.entry is not None and r.kind == "reproduced" and r.entry.stds:
+                rec["n_seeds"] = len(r.entry.seeds)
             if r.kind != "delta":
                 rec["unverified_cells"] = ";".join(n for n, c in zip(names, r.cells)
                                                    if c.mark == "unverified")

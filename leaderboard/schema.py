@@ -468,14 +468,14 @@ def protocol_check(task: str) -> Check:
 
 # --------------------------------------------------------------------------- submissions
 
+STD = nullable(number(0, 100))  # sample standard deviation over seeds (multi-seed rows)
 SESSION = obj({"session": integer(0, 99), "acc": ACC},
               {"num_seen": nullable(integer(0, 10**6)), "base_acc": nullable(ACC),
                "novel_acc": nullable(ACC), "hm": nullable(ACC),
-               "num_test": nullable(integer(0, 10**9))})
+               "num_test": nullable(integer(0, 10**9)), "std": STD})
 FSCIL_METRICS = obj({"sessions": array(SESSION, 1, 100), "avg": ACC, "pd": PD},
-                    {"last": ACC})
-SHOT = obj({"mean": ACC, "ci95": CI}, {"n_episodes": nullable(integer(1, 10**7)),
-                                       "std": nullable(number(0, 100))})
+                    {"last": ACC, "avg_std": STD, "pd_std": number(0, 200), "last_std": STD})
+SHOT = obj({"mean": ACC, "ci95": CI}, {"n_episodes": nullable(integer(1, 10**7)), "std": STD})
 FSL_METRICS = obj({"shots": mapping(_SHOT_KEY, SHOT, 10, "shot count")})
 
 SUBMISSION_REQUIRED: dict[str, Check] = {
@@ -495,6 +495,7 @@ SUBMISSION_REQUIRED: dict[str, Check] = {
     "flags": obj({k: boolean for k in SUBMISSION_FLAGS}),
 }
 SUBMISSION_OPTIONAL: dict[str, Check] = {
+    "n_seeds": integer(2, 1000),
     "environment": nullable(mapping(_ENV_KEY, scalar, 100, "environment key")),
     "config_hash": nullable(HEX64),
     "source": obj({"type": string(choices=SOURCE_TYPES)},
@@ -535,6 +536,7 @@ def validate_submission(sub: Any, label: str) -> list[str]:
             if shots is not None and got != sorted(shots):
                 p.add("metrics.shots", f"reports shots {got} but protocol.shots is "
                                        f"{sorted(shots)}")
+    _seed_rules(p, sub)
     split, flags = sub.get("split"), sub.get("flags")
     if isinstance(split, dict) and isinstance(split.get("generated"), bool):
         if (split.get("id") == "generated") and not split["generated"]:
@@ -549,6 +551,33 @@ def validate_submission(sub: Any, label: str) -> list[str]:
             if sub.get(k) is None:
                 p.add(k, "required for a submission made from an fsbench run")
     return p.lines
+
+
+def std_fields(sub: dict) -> list[str]:
+    """The paths of a submission's standard deviations over seeds."""
+    m = sub.get("metrics")
+    if not isinstance(m, dict):
+        return []
+    found = [k for k in ("avg_std", "pd_std", "last_std") if m.get(k) is not None]
+    sessions, shots = m.get("sessions"), m.get("shots")
+    rows = list(enumerate(sessions)) if isinstance(sessions, list) else []
+    rows = [(f"sessions[{i}]", x) for i, x in rows]
+    rows += [(f"shots.{k}", x) for k, x in shots.items()] if isinstance(shots, dict) else []
+    found += [f"{name}.std" for name, x in rows if isinstance(x, dict) and x.get("std") is not None]
+    return [f"metrics.{f}" for f in found]
+
+
+def _seed_rules(p: Problems, sub: dict) -> None:
+    """A multi-seed row: ``n_seeds`` counts ``seeds``, and stds over seeds need two seeds."""
+    seeds = sub.get("seeds")
+    if not isinstance(seeds, list):
+        return
+    n = sub.get("n_seeds")
+    if isinstance(n, int) and not isinstance(n, bool) and n != len(seeds):
+        p.add("n_seeds", f"{n} but seeds lists {len(seeds)}")
+    stds = std_fields(sub)
+    if stds and len(seeds) < 2:
+        p.add(stds[0], "a standard deviation over seeds needs two or more seeds")
 
 
 def _fscil_rules(p: Problems, m: dict, proto: dict | None) -> None:

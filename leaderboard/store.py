@@ -92,6 +92,8 @@ class Entry:
     venue: str | None = None
     year: int | None = None
     seeds: list = field(default_factory=list)
+    #: Multi-seed rows: sample std over seeds per session + AVG + PD (FSCIL) or per shot (FSL).
+    stds: dict = field(default_factory=dict)
     raw: dict = field(default_factory=dict)
 
     @property
@@ -151,8 +153,12 @@ def entry_from_submission(s: dict, key: str) -> Entry:
     if s["task"] == "fscil":
         out.sessions = [x["acc"] for x in m["sessions"]]
         out.avg, out.pd = m["avg"], m["pd"]
+        out.stds = {f"sessions[{i}]": x.get("std") for i, x in enumerate(m["sessions"])}
+        out.stds.update(avg=m.get("avg_std"), pd=m.get("pd_std"))
     else:
         out.shots = {int(k): (v["mean"], v["ci95"]) for k, v in m["shots"].items()}
+        out.stds = {f"shots.{k}": v.get("std") for k, v in m["shots"].items()}
+    out.stds = {k: v for k, v in out.stds.items() if v is not None}
     return out
 
 
@@ -323,7 +329,7 @@ def write_submission(sub: dict, lb_dir: str | Path, label: str = "submission") -
 # --------------------------------------------------------------------------- result -> submission
 
 _SESSION_KEYS = ("session", "num_seen", "acc", "base_acc", "novel_acc", "hm", "num_test")
-_SHOT_KEYS = ("mean", "ci95", "n_episodes", "std")
+_SHOT_KEYS = ("mean", "ci95", "n_episodes")
 
 
 def _fsl_protocol_name(way, source=None) -> str:
@@ -397,11 +403,76 @@ def result_to_submission(result: Any, label: str) -> dict:
     return sub
 
 
+def _mean_result(doc: dict) -> dict:
+    """A sweep summary as a ``fsbench.result/1`` dict of its means (for
+    :func:`result_to_submission`)."""
+    m = doc["metrics"]
+
+    def mean(st):
+        return None if st is None else st["mean"]
+
+    if doc["task"] == "fscil":
+        metrics = {"sessions": [{"session": x["session"], "num_seen": x["num_seen"],
+                                 **{k: mean(x[k]) for k in ("acc", "base_acc", "novel_acc",
+                                                            "hm")}} for x in m["sessions"]],
+                   **{k: mean(m[k]) for k in ("avg", "pd", "last")}}
+    else:
+        metrics = {"shots": {k: {"mean": mean(v["acc"]), "ci95": mean(v["episode_ci95"]),
+                                 "n_episodes": doc["split"].get("episodes")}
+                             for k, v in m["shots"].items()}}
+    return {"schema": RESULT_SCHEMA, "status": "complete", "seed": doc["seeds"][0],
+            "metrics": metrics, "config_hash": doc["config_hash"],
+            **{k: doc[k] for k in ("task", "method", "dataset", "split", "backbone",
+                                   "pretraining", "flags", "environment", "fsbench_version",
+                                   "finished")}}
+
+
+def summary_to_submission(doc: dict, label: str) -> dict:
+    """A multi-seed submission from a validated sweep summary (:mod:`fsbench.summary`): the means
+    over seeds, ``seeds``, ``n_seeds`` and the sample std over seeds of every cell. FSL ``ci95``
+    stays the 95% interval over test episodes (averaged over the seeds)."""
+    from fsbench.summary import SUMMARY_SCHEMA
+
+    sub = result_to_submission(_mean_result(doc), label)
+    sub["seeds"] = list(doc["seeds"])
+    sub["source"]["result_schema"] = SUMMARY_SCHEMA
+    if doc["n_seeds"] < 2:
+        return sub  # one seed: a single-run row
+    sub["n_seeds"] = doc["n_seeds"]
+    m, out = doc["metrics"], sub["metrics"]
+    if doc["task"] == "fscil":
+        for x, stat in zip(out["sessions"], m["sessions"]):
+            x["std"] = stat["acc"]["std"]
+        out.update(avg_std=m["avg"]["std"], pd_std=m["pd"]["std"], last_std=m["last"]["std"])
+    else:
+        for k, x in out["shots"].items():
+            x["std"] = m["shots"][k]["acc"]["std"]
+    return sub
+
+
+def _read_summary(path: Path) -> tuple[dict, str]:
+    from fsbench import summary
+
+    doc, file = summary.read(path)
+    if doc["schema"] == summary.INDEX_SCHEMA:
+        files = [g["summary"] for g in doc["groups"] if g["summary"]]
+        if len(files) != 1:
+            raise UserError(f"{path} holds {len(files)} summaries; submit one of them: "
+                            f"{', '.join(str(file.parent / f) for f in files[:5]) or 'none'}")
+        doc, file = summary.read(file.parent / files[0])
+    return summary_to_submission(doc, str(file)), f"submission from {file}"
+
+
 def read_submission_input(path: str | Path) -> tuple[dict, str]:
-    """What ``fsbench submit`` accepts: a run folder, its result.json, or a submission file.
+    """What ``fsbench submit`` accepts: a run folder, its result.json, a sweep summary (or a sweep
+    folder with one), or a submission file.
 
     Returns (submission, label)."""
+    from fsbench.summary import is_summary
+
     path = Path(path)
+    if is_summary(path):
+        return _read_summary(path)
     if path.is_dir():
         path = path / "result.json"
         if not path.is_file():
