@@ -99,12 +99,15 @@ def train_supervised(backbone: nn.Module, head: nn.Module, data: ImageDataset, c
     state = {"backbone": backbone, "head": head, "opt": opt, "sched": sched}
     start, saved = ckpt.restore(state, loader)
     best, best_acc = saved.get("best"), float(saved.get("best_acc", -1.0))
+    best_epoch = saved.get("best_epoch")
     history = list(saved.get("history", []))
+    acc_key = {"val": "val_acc", "test": "test_acc"}.get(select)
     for epoch in ctx.bar(range(start, epochs), f"{desc} training", leave=False):
         backbone.train()
         head.train()
         tot, n = 0.0, 0
-        for x, y in loader:
+        lr = opt.param_groups[0]["lr"]
+        for i, (x, y) in enumerate(loader):
             x, y = x.to(ctx.device), y.to(ctx.device)
             f = backbone(x)
             loss = (loss_fn(f, y) if loss_fn is not None
@@ -114,17 +117,22 @@ def train_supervised(backbone: nn.Module, head: nn.Module, data: ImageDataset, c
             opt.step()
             tot += loss.item() * len(y)
             n += len(y)
+            ctx.log_step(desc, epoch * len(loader) + i, loss=loss.item(), lr=lr)
         sched.step()
-        rec = {"epoch": epoch, "loss": tot / max(1, n)}
+        rec = {"epoch": epoch, "loss": tot / max(1, n), "lr": lr}
         if sel_data is not None:
             rec["select_acc"] = accuracy(backbone, head, sel_data, ctx, num_classes)
             if rec["select_acc"] > best_acc:
-                best_acc = rec["select_acc"]
+                best_acc, best_epoch = rec["select_acc"], epoch
                 best = (copy.deepcopy(backbone.state_dict()), copy.deepcopy(head.state_dict()))
         history.append(rec)
+        ctx.log_epoch(desc, epoch, loss=rec["loss"], lr=lr,
+                      **({acc_key: rec["select_acc"]} if "select_acc" in rec else {}))
         ckpt.save(epoch + 1, state, loader, {"best": best, "best_acc": best_acc,
-                                             "history": history})
+                                             "best_epoch": best_epoch, "history": history})
     if best is not None:
         backbone.load_state_dict(best[0])
         head.load_state_dict(best[1])
+    ctx.log_selection(desc, best_epoch if best is not None else epochs - 1 if epochs > 0 else None,
+                      select)
     return {"history": history, "select": select, "best_select_acc": best_acc if best else None}

@@ -550,6 +550,8 @@ class BECLR(FSLLearner):
                 n_it += 1
             self.history.append({"epoch": epoch, **{k: v / max(1, n_it) for k, v in tot.items()},
                                  "topk": k_used, "lr": trainer.last_lr})
+            ctx.log_epoch("pretrain", **self.history[-1])
+        ctx.log_selection("pretrain", epochs - 1 if epochs > 0 else None, "last")
         self.student.eval()
         self.teacher.eval()
 

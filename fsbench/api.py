@@ -13,7 +13,8 @@ from fsbench import transforms as _transforms
 from fsbench.context import RunContext, derive_seed, resolve_device, seed_everything
 from fsbench.errors import UserError
 from fsbench.learner import DataInfo
-from fsbench.loggers import ConsoleLogger, FileLogger, JSONLinesLogger, Logger
+from fsbench.curves import Curves
+from fsbench.loggers import ConsoleLogger, FileLogger, JSONLinesLogger, Logger, make_loggers
 from fsbench.registry import DATASETS, METHODS
 from fsbench.results import (RESULT_SCHEMA, atomic_write_json, environment, new_run_dir, now_iso,
                              read_json)
@@ -80,7 +81,7 @@ def run(method: str, dataset: str, *, data_root=None, split_dir=None, preset: st
         device: str | None = None, out_dir: str | Path = "runs", resume: str | Path | None = None,
         loggers: list[Logger] | None = None, progress: bool = True,
         stop_after: int | None = None, threads: int | None = None,
-        reproducible: bool = False) -> dict:
+        reproducible: bool = False, log_to: list[str] | None = None) -> dict:
     """Run ``method`` on ``dataset`` and write ``RUN_DIR/result.json``; returns the result dict.
 
     ``resume=RUN_DIR`` continues an interrupted run from its last checkpoint with its saved
@@ -88,7 +89,11 @@ def run(method: str, dataset: str, *, data_root=None, split_dir=None, preset: st
 
     ``reproducible=True`` needs a process started in the reproducible CPU mode
     (:mod:`fsbench.repro`; ``fsbench run --reproducible`` does that); ``threads`` fixes the CPU
-    thread count. Both are recorded in ``run.json`` and ``result.json``."""
+    thread count. Both are recorded in ``run.json`` and ``result.json``.
+
+    ``loggers`` replace the console logger; ``log_to`` adds loggers by name
+    (:data:`fsbench.loggers.LOGGERS`: ``csv``, ``tensorboard``), recorded in ``run.json`` and used
+    again by ``resume`` unless given."""
     if resume is not None:
         run_dir = Path(resume)
         if not (run_dir / RUN_FILE).is_file():
@@ -105,6 +110,7 @@ def run(method: str, dataset: str, *, data_root=None, split_dir=None, preset: st
         device = device or inv.get("device")
         reproducible = bool(inv.get("reproducible"))
         threads = inv.get("threads", threads)
+        log_to = log_to if log_to is not None else inv.get("loggers")
     else:
         cfg = _config.resolve(method, dataset, preset, overrides)
         seed = seed if seed is not None else cfg.get("seed", 0) or 0
@@ -112,6 +118,7 @@ def run(method: str, dataset: str, *, data_root=None, split_dir=None, preset: st
             raise UserError(f"--seed {seed}: use a whole number from 0 to 4294967295")
         cfg["seed"] = seed
     threads = _pin_threads(reproducible, threads)
+    named = make_loggers(log_to)  # an unknown or missing logger fails before anything runs
     entry = METHODS.get(method)
     task = entry.task
     dev = resolve_device(device or cfg.get("device"))
@@ -142,11 +149,12 @@ def run(method: str, dataset: str, *, data_root=None, split_dir=None, preset: st
             "data_root": str(data_root) if data_root else os.environ.get("FSBENCH_DATA"),
             "split_dir": str(split_dir) if split_dir else None,
             "device": device, "reproducible": threads if reproducible else None,
-            "threads": threads, "created": now_iso()})
+            "threads": threads, "loggers": list(log_to or []), "created": now_iso()})
     if loggers is None:
         loggers = [ConsoleLogger()]
-    loggers = list(loggers) + [FileLogger(run_dir / "run.log"),
-                               JSONLinesLogger(run_dir / "metrics.jsonl")]
+    loggers = list(loggers) + named + [FileLogger(run_dir / "run.log"),
+                                       JSONLinesLogger(run_dir / "metrics.jsonl")]
+    ctx.curves = Curves(loggers)
     started = now_iso()
     for lg in loggers:
         lg.on_start({"method": method, "dataset": dataset, "seed": seed, "run_dir": str(run_dir),
@@ -184,6 +192,7 @@ def run(method: str, dataset: str, *, data_root=None, split_dir=None, preset: st
                  **{k: v for k, v in (bench.info or {}).items() if k != "split_id"}},
         "environment": environment(dev),
         "metrics": metrics if task == "fsl" else {k: v for k, v in metrics.items()},
+        "history": ctx.curves.history(),
         "timings": {"total_s": round(elapsed_before + time.perf_counter() - t0, 3),
                     ("per_session_s" if task == "fscil" else "fit_eval_s"):
                         [round(t, 3) for t in times]},

@@ -34,7 +34,7 @@ def cmd_run(args) -> int:
         preset=args.preset,
         overrides=args.set, seed=args.seed, device=args.device, out_dir=args.out,
         resume=args.resume, progress=not args.no_progress, threads=args.threads,
-        reproducible=args.reproducible)
+        reproducible=args.reproducible, log_to=args.logger)
     return 0
 
 
@@ -99,6 +99,10 @@ def add_commands(sub) -> None:
     p.add_argument("--out", default="runs", help="folder for run directories (default runs/)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--logger", action="append", metavar="NAME",
+                   help="also log to NAME: csv (RUN_DIR/curves.csv) or tensorboard "
+                        "(RUN_DIR/tensorboard/, pip install 'fsbench[tensorboard]'); repeatable; "
+                        "a resumed run keeps its loggers")
     p.add_argument("--reproducible", action="store_true",
                    help="numbers independent of the machine: pin the CPU kernels to AVX2, "
                         "MKL's reproducible mode and a fixed thread count (slower where AVX-512 "

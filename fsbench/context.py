@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from fsbench import config as _config
+from fsbench.curves import Curves
 from fsbench.episodes.base import ArrayDataset, ImageDataset
 from fsbench.transforms import Pipeline
 
@@ -70,6 +71,23 @@ class RunContext:
     progress: bool = True
     num_workers: int = 0
     extras: dict = field(default_factory=dict)
+    curves: Curves | None = None  # set by the runner; None: reports go nowhere
+
+    def log_epoch(self, stage: str, epoch: int, **values) -> None:
+        """Report one finished epoch of a training loop (``loss``, ``val_acc``, ``lr``...): it goes
+        to the loggers (``on_epoch``), ``metrics.jsonl`` and ``result.json``'s ``history``."""
+        if self.curves is not None:
+            self.curves.epoch(stage, epoch, values)
+
+    def log_step(self, stage: str, step: int, **values) -> None:
+        """Report one optimisation step (loggers' ``on_step``, e.g. TensorBoard; not stored)."""
+        if self.curves is not None:
+            self.curves.step(stage, step, values)
+
+    def log_selection(self, stage: str, epoch: int | None, rule: str) -> None:
+        """Report which epoch's weights the trainer kept and by which rule (val, last, test)."""
+        if self.curves is not None:
+            self.curves.selection(stage, epoch, rule)
 
     def get(self, path: str, default=None):
         """A configuration value by dotted path, e.g. ``ctx.get("train.epochs")``."""

@@ -74,6 +74,7 @@ def run_sessions(learner: FSCILLearner, bench: FSCILBenchmark, ctx: RunContext,
         sessions, times = list(state["sessions"]), list(state["times"])
         start = int(state["session"]) + 1
         elapsed_before = float(state.get("elapsed_s", sum(times)))
+        ctx.curves.restore(state.get("curves", []))
     if resume:
         for lg in loggers:
             lg.on_resume(start)
@@ -83,6 +84,7 @@ def run_sessions(learner: FSCILLearner, bench: FSCILBenchmark, ctx: RunContext,
     for t in range(start, proto.num_sessions):
         t0 = time.perf_counter()
         seed_everything(derive_seed(ctx.seed, "session", t))
+        ctx.curves.session = t
         sess = Session(index=t, data=train.subset(proto.train_indices(t)),
                        new_classes=proto.session_classes(t), num_seen=proto.num_seen(t))
         if t == 0:
@@ -107,6 +109,7 @@ def run_sessions(learner: FSCILLearner, bench: FSCILBenchmark, ctx: RunContext,
             lg.on_session(record)
         atomic_torch_save(ckpt_path, {"session": t, "learner": learner.state_dict(),
                                       "sessions": sessions, "times": times,
+                                      "curves": ctx.curves.state(),
                                       "elapsed_s": elapsed_before + time.perf_counter() - started})
         epochs.clear()  # the session's checkpoint supersedes its training's epoch checkpoint
         if stop_after is not None and t >= stop_after and t < proto.num_sessions - 1:
