@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import time
 from pathlib import Path
@@ -76,12 +77,24 @@ def _pin_threads(reproducible: bool, threads) -> int | None:
     return threads
 
 
+def _invocation(command, preset, overrides, cfg: dict) -> dict:
+    """How a new run was asked for: the command line (None from Python), the ``--preset`` file
+    and its values, the ``--set`` overrides, and what the resolved configuration changes in the
+    packaged preset (``config_diff``: ``--preset``, ``--set`` and ``--seed`` together)."""
+    return {"command": shlex.join(command) if command else None,
+            "preset_file": str(preset) if preset else None,
+            "preset_values": _config.read_yaml(Path(preset)) if preset else None,
+            "set": dict(overrides) if isinstance(overrides, dict) else list(overrides or []),
+            "config_diff": _config.diff_from_preset(cfg)}
+
+
 def run(method: str, dataset: str, *, data_root=None, split_dir=None, preset: str | None = None,
         overrides: list[str] | dict | None = None, seed: int | None = None,
         device: str | None = None, out_dir: str | Path = "runs", resume: str | Path | None = None,
         loggers: list[Logger] | None = None, progress: bool = True,
         stop_after: int | None = None, threads: int | None = None,
-        reproducible: bool = False, log_to: list[str] | None = None) -> dict:
+        reproducible: bool = False, log_to: list[str] | None = None,
+        command: list[str] | None = None) -> dict:
     """Run ``method`` on ``dataset`` and write ``RUN_DIR/result.json``; returns the result dict.
 
     ``resume=RUN_DIR`` continues an interrupted run from its last checkpoint with its saved
@@ -93,7 +106,9 @@ def run(method: str, dataset: str, *, data_root=None, split_dir=None, preset: st
 
     ``loggers`` replace the console logger; ``log_to`` adds loggers by name
     (:data:`fsbench.loggers.LOGGERS`: ``csv``, ``tensorboard``), recorded in ``run.json`` and used
-    again by ``resume`` unless given."""
+    again by ``resume`` unless given. ``command`` (the command line, ``fsbench run`` passes it)
+    is recorded with the overrides and the configuration's difference from the packaged preset
+    in ``result.json``'s ``invocation``."""
     if resume is not None:
         run_dir = Path(resume)
         if not (run_dir / RUN_FILE).is_file():
@@ -111,12 +126,15 @@ def run(method: str, dataset: str, *, data_root=None, split_dir=None, preset: st
         reproducible = bool(inv.get("reproducible"))
         threads = inv.get("threads", threads)
         log_to = log_to if log_to is not None else inv.get("loggers")
+        invocation = dict(inv.get("invocation") or {})
+        invocation["resume_command"] = shlex.join(command) if command else None
     else:
         cfg = _config.resolve(method, dataset, preset, overrides)
         seed = seed if seed is not None else cfg.get("seed", 0) or 0
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= 2**32 - 1:
             raise UserError(f"--seed {seed}: use a whole number from 0 to 4294967295")
         cfg["seed"] = seed
+        invocation = _invocation(command, preset, overrides, cfg)
     threads = _pin_threads(reproducible, threads)
     named = make_loggers(log_to)  # an unknown or missing logger fails before anything runs
     entry = METHODS.get(method)
@@ -149,7 +167,8 @@ def run(method: str, dataset: str, *, data_root=None, split_dir=None, preset: st
             "data_root": str(data_root) if data_root else os.environ.get("FSBENCH_DATA"),
             "split_dir": str(split_dir) if split_dir else None,
             "device": device, "reproducible": threads if reproducible else None,
-            "threads": threads, "loggers": list(log_to or []), "created": now_iso()})
+            "threads": threads, "loggers": list(log_to or []), "invocation": invocation,
+            "created": now_iso()})
     if loggers is None:
         loggers = [ConsoleLogger()]
     loggers = list(loggers) + named + [FileLogger(run_dir / "run.log"),
@@ -193,6 +212,7 @@ def run(method: str, dataset: str, *, data_root=None, split_dir=None, preset: st
         "environment": environment(dev),
         "metrics": metrics if task == "fsl" else {k: v for k, v in metrics.items()},
         "history": ctx.curves.history(),
+        "invocation": invocation,
         "timings": {"total_s": round(elapsed_before + time.perf_counter() - t0, 3),
                     ("per_session_s" if task == "fscil" else "fit_eval_s"):
                         [round(t, 3) for t in times]},

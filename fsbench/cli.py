@@ -40,6 +40,7 @@ def main(argv=None) -> int:
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
+        args.command_line = ["fsbench", *argv]
         if not getattr(args, "func", None):
             parser.print_help()
             return 2

@@ -34,7 +34,8 @@ def cmd_run(args) -> int:
         preset=args.preset,
         overrides=args.set, seed=args.seed, device=args.device, out_dir=args.out,
         resume=args.resume, progress=not args.no_progress, threads=args.threads,
-        reproducible=args.reproducible, log_to=args.logger)
+        reproducible=args.reproducible, log_to=args.logger,
+        command=getattr(args, "command_line", None))
     return 0
 
 
