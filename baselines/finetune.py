@@ -35,7 +35,7 @@ class Finetune(PrototypeFSCIL):
         epochs = int(ft.get("epochs", 10))
         for epoch in range(epochs):
             tot = n = 0
-            for x, y in loader:
+            for x, y in ctx.bar(loader, f"session {session.index} epoch {epoch + 1}/{epochs}"):
                 x, y = x.to(ctx.device), y.to(ctx.device)
                 loss = F.cross_entropy(self.classifier(self.backbone(x), self.num_seen), y)
                 opt.zero_grad(set_to_none=True)

@@ -11,7 +11,8 @@ import torch
 
 from fsbench import config as _config
 from fsbench import transforms as _transforms
-from fsbench.context import RunContext, derive_seed, resolve_device, seed_everything
+from fsbench.context import (RunContext, bars_wanted, derive_seed, resolve_device,
+                             seed_everything, set_progress)
 from fsbench.errors import UserError
 from fsbench.learner import DataInfo
 from fsbench.curves import Curves
@@ -91,7 +92,7 @@ def _invocation(command, preset, overrides, cfg: dict) -> dict:
 def run(method: str, dataset: str, *, data_root=None, split_dir=None, preset: str | None = None,
         overrides: list[str] | dict | None = None, seed: int | None = None,
         device: str | None = None, out_dir: str | Path = "runs", resume: str | Path | None = None,
-        loggers: list[Logger] | None = None, progress: bool = True,
+        loggers: list[Logger] | None = None, progress: bool | None = None,
         stop_after: int | None = None, threads: int | None = None,
         reproducible: bool = False, log_to: list[str] | None = None,
         command: list[str] | None = None) -> dict:
@@ -104,6 +105,7 @@ def run(method: str, dataset: str, *, data_root=None, split_dir=None, preset: st
     (:mod:`fsbench.repro`; ``fsbench run --reproducible`` does that); ``threads`` fixes the CPU
     thread count. Both are recorded in ``run.json`` and ``result.json``.
 
+    ``progress``: draw progress bars (``None``: only when stdout and stderr are terminals).
     ``loggers`` replace the console logger; ``log_to`` adds loggers by name
     (:data:`fsbench.loggers.LOGGERS`: ``csv``, ``tensorboard``), recorded in ``run.json`` and used
     again by ``resume`` unless given. ``command`` (the command line, ``fsbench run`` passes it)
@@ -136,6 +138,8 @@ def run(method: str, dataset: str, *, data_root=None, split_dir=None, preset: st
         cfg["seed"] = seed
         invocation = _invocation(command, preset, overrides, cfg)
     threads = _pin_threads(reproducible, threads)
+    set_progress(progress)  # bars outside the run context (first glyphs render, re-clustering)
+    progress = bars_wanted(progress)
     named = make_loggers(log_to)  # an unknown or missing logger fails before anything runs
     entry = METHODS.get(method)
     task = entry.task
@@ -187,6 +191,9 @@ def run(method: str, dataset: str, *, data_root=None, split_dir=None, preset: st
         else:
             from fsbench.runners.fsl import run_fsl
             metrics = run_fsl(learner, bench, ctx, run_dir, loggers, resume=resume is not None)
+    except KeyboardInterrupt as e:
+        e.run_dir = str(run_dir)  # for the resume hint of `fsbench run`
+        raise
     except UserError:
         # A run refused before its first checkpoint leaves nothing behind.
         if resume is None and not (run_dir / "checkpoint.pt").exists():

@@ -62,8 +62,12 @@ def main(argv=None) -> int:
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except KeyboardInterrupt:
-        print("fsbench: interrupted; resume with `fsbench run --resume RUN_DIR`", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        import shlex
+
+        run_dir = shlex.quote(e.run_dir) if getattr(e, "run_dir", None) else "RUN_DIR"
+        print(f"fsbench: interrupted; resume with `fsbench run --resume {run_dir}`",
+              file=sys.stderr)
         return 130
 
 

@@ -33,7 +33,7 @@ def cmd_run(args) -> int:
     run(args.method, args.dataset, data_root=args.data_root, split_dir=args.split_dir,
         preset=args.preset,
         overrides=args.set, seed=args.seed, device=args.device, out_dir=args.out,
-        resume=args.resume, progress=not args.no_progress, threads=args.threads,
+        resume=args.resume, progress=args.progress, threads=args.threads,
         reproducible=args.reproducible, log_to=args.logger,
         command=getattr(args, "command_line", None))
     return 0
@@ -99,7 +99,12 @@ def add_commands(sub) -> None:
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--out", default="runs", help="folder for run directories (default runs/)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    bars = p.add_mutually_exclusive_group()
+    bars.add_argument("--progress", action="store_true", default=None,
+                      help="draw progress bars even when the output is not a terminal")
+    bars.add_argument("--no-progress", dest="progress", action="store_false",
+                      help="no progress bars (default: bars only when stdout and stderr are "
+                           "terminals)")
     p.add_argument("--logger", action="append", metavar="NAME",
                    help="also log to NAME: csv (RUN_DIR/curves.csv) or tensorboard "
                         "(RUN_DIR/tensorboard/, pip install 'fsbench[tensorboard]'); repeatable; "

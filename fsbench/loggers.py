@@ -72,15 +72,64 @@ def result_table(result: dict) -> str:
     return fscil_table(result) if result["task"] == "fscil" else fsl_table(result)
 
 
+def _value(key: str, v) -> str:
+    if not isinstance(v, float):
+        return str(v)
+    return f"{v:.2f}" if key.endswith("acc") else f"{v:.4g}" if key == "lr" else f"{v:.4f}"
+
+
+def epoch_line(record: dict) -> str:
+    """``base epoch 3: loss 0.8312  val_acc 71.20  lr 0.05`` (``session 2 ...`` after the base)."""
+    where = f"session {record['session']} " if record["session"] else ""
+    values = "  ".join(f"{k} {_value(k, v)}" for k, v in record.items()
+                       if k not in ("kind", "session", "stage", "epoch") and v is not None)
+    return f"{where}{record['stage']} epoch {record['epoch']}: {values}"
+
+
+def session_line(record: dict) -> str:
+    parts = [f"session {record['session']}: acc {record['acc']:.2f}"]
+    for k in ("base_acc", "novel_acc"):
+        if record.get(k) is not None:
+            parts.append(f"{k.split('_')[0]} {record[k]:.2f}")
+    return "  ".join(parts) + f"  ({record['num_seen']} classes)"
+
+
 class ConsoleLogger(Logger):
+    """The run folder, a line per training epoch, session and shot (they stay above the progress
+    bars), and the final table."""
+
     def __init__(self, stream=None):
         self.stream = stream or sys.stdout
 
+    def _print(self, text):
+        from tqdm.auto import tqdm
+
+        tqdm.write(text, file=self.stream)
+        self.stream.flush()
+
+    def on_start(self, info):
+        self._print(f"run folder: {info['run_dir']}" + (" (resumed)" if info.get("resume") else ""))
+
     def on_message(self, text):
-        print(text, file=self.stream, flush=True)
+        self._print(text)
+
+    def on_epoch(self, record):
+        self._print(epoch_line(record))
+
+    def on_selection(self, record):
+        if record["selected_epoch"] is not None:
+            self._print(f"{record['stage']}: kept epoch {record['selected_epoch']} "
+                        f"(selection: {record['select']})")
+
+    def on_session(self, record):
+        self._print(session_line(record))
+
+    def on_shot(self, shot, record):
+        self._print(f"{shot}-shot: {record['mean']:.2f} ± {record['ci95']:.2f} "
+                    f"({record['n_episodes']} episodes)")
 
     def on_end(self, result):
-        print(result_table(result), file=self.stream, flush=True)
+        self._print(f"run folder: {result['run_dir']}\n{result_table(result)}")
 
 
 class FileLogger(Logger):

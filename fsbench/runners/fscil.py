@@ -47,7 +47,9 @@ def predict_all(learner: FSCILLearner, ctx: RunContext, test, idx: np.ndarray,
             f = features[torch.from_numpy(idx[s:s + 4096])].to(ctx.device)
             preds.append(learner.predict_features(f)[:, :num_seen].argmax(1).cpu())
     else:
-        for x, _ in ctx.batches(test.subset(idx), batch_size=ctx.get("eval.batch_size", 256)):
+        bs = int(ctx.get("eval.batch_size", 256))
+        for x, _ in ctx.bar(ctx.batches(test.subset(idx), batch_size=bs), "evaluation",
+                            total=-(-len(idx) // bs)):
             preds.append(learner.predict(x.to(ctx.device))[:, :num_seen].argmax(1).cpu())
     return torch.cat(preds).numpy() if preds else np.empty(0, dtype=np.int64)
 

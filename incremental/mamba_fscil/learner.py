@@ -250,7 +250,7 @@ class MambaFSCIL(FSCILLearner):
                 main = torch.cat([self.neck.main(feats[s:s + 256].to(self.device))[0]
                                   for s in range(0, len(labels), 256)])
         order, pos, losses, epoch, first = torch.randperm(len(labels)), 0, [], 0, 0
-        for step in range(1, steps + 1):
+        for step in ctx.bar(range(1, steps + 1), f"session {session.index} steps"):
             if pos + bs > len(labels):  # drop the last partial batch, reshuffle
                 order, pos = torch.randperm(len(labels)), 0
                 self._log_pass(ctx, epoch, losses[first:], cur)
