@@ -1,4 +1,4 @@
-"""Core sub-commands: ``run``, ``list``, ``show``."""
+"""Core sub-commands: ``run``, ``list``, ``show``, ``runs``."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -74,14 +74,17 @@ def cmd_list(args) -> int:
 
 
 def cmd_show(args) -> int:
-    from fsbench.loggers import result_table
-    from fsbench.results import check_result_shape, read_json
+    from fsbench import runviews
 
-    path = Path(args.run_dir)
-    path = path / "result.json" if path.is_dir() else path
-    result = read_json(path, "result file")
-    check_result_shape(result, path)
-    print(result_table(result))
+    results = [(str(p), runviews.load_result(p)) for p in args.run_dirs]
+    print(runviews.show(results, args.format))
+    return 0
+
+
+def cmd_runs(args) -> int:
+    from fsbench import runviews
+
+    print(runviews.runs_table(runviews.list_runs(args.dir), args.format))
     return 0
 
 
@@ -123,6 +126,17 @@ def add_commands(sub) -> None:
     p = sub.add_parser("list", help="list methods and datasets")
     p.set_defaults(func=cmd_list)
 
-    p = sub.add_parser("show", help="print the table of a finished run")
-    p.add_argument("run_dir", metavar="RUN_DIR")
+    p = sub.add_parser("show", help="print the table of a run, or several runs side by side")
+    p.add_argument("run_dirs", metavar="RUN_DIR", nargs="+",
+                   help="run folders (or their result.json)")
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table",
+                   help="table (default; several runs: a column each), csv (one row per "
+                        "session or shot) or json")
     p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("runs", help="list the runs in a folder: method, dataset, seed, status, "
+                                    "AVG/last or shot accuracies")
+    p.add_argument("dir", metavar="DIR", nargs="?", default="runs",
+                   help="the --out folder of the runs (default runs/)")
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    p.set_defaults(func=cmd_runs)
