@@ -279,6 +279,7 @@ class TensorBoardLogger(Logger):
 
     def on_session(self, record):
         self._scalars("fscil", record, record["session"], ("session",))
+        self.writer.flush()  # a session is a checkpoint: its curves are on disk too
 
     def on_shot(self, shot, record):
         self._scalars("fsl", {"acc": record["mean"], "ci95": record["ci95"]}, shot)
