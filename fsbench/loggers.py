@@ -1,6 +1,7 @@
 """Loggers are plug-ins (Avalanche style): the runner calls hooks, loggers decide what to write.
 
-Always on: :class:`ConsoleLogger` (the end-of-run table), :class:`FileLogger` (``run.log``) and
+Always on: :class:`ConsoleLogger` (the run folder, a line per epoch, session and shot, the final
+table; replaced by ``fsbench.api.run(loggers=...)``), :class:`FileLogger` (``run.log``) and
 :class:`JSONLinesLogger` (``metrics.jsonl``: one record per session, shot, training epoch and
 model selection). Chosen with ``fsbench run --logger NAME`` (:data:`LOGGERS`): ``csv``
 (``RUN_DIR/curves.csv``, the training curves) and ``tensorboard`` (``RUN_DIR/tensorboard/``, the
@@ -37,8 +38,9 @@ class Logger:
     def on_shot(self, shot: int, record: dict) -> None: ...
     def on_end(self, result: dict) -> None: ...
     def on_resume(self, next_index: int) -> None:
-        """A resumed run continues at session ``next_index`` (FSL: 0, everything re-evaluated);
-        records of later sessions from the interrupted process will be written again."""
+        """A resumed run continues at session ``next_index`` (FSL: 1 when the fit was
+        checkpointed, else 0; the episodes are always evaluated again); records of later sessions
+        from the interrupted process will be written again."""
 
 
 def _fmt(v, nd=2):
