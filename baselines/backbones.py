@@ -6,6 +6,10 @@
   7x7/stride-2 stem and max-pool for a 3x3/stride-1 stem. Loads torchvision checkpoints.
 * ``resnet50`` - torchvision's ResNet-50 trunk, 2048-d (BECLR).
 * ``resnet20`` - the CIFAR ResNet-20 of TOPIC/CEC/TEEN (3 stages x 3 basic blocks, 16-32-64).
+* ``timm/<model>`` - any timm model by name, without its classifier (:class:`TimmBackbone`);
+  weights from a local file only.
+
+More: :func:`register_backbone`.
 
 Every backbone maps ``(B, C, H, W)`` to ``(B, out_dim)`` (global average pooling);
 ``feature_map(x)`` gives the map before that pooling, ``(B, out_dim, h, w)`` (Mamba-FSCIL's neck).
@@ -13,6 +17,7 @@ Every backbone maps ``(B, C, H, W)`` to ``(B, out_dim)`` (global average pooling
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -165,12 +170,14 @@ class ResNet18(TorchvisionResNet):
         self.net.load_state_dict(state, strict=False)
 
 
-def load_state_dict_file(path: str | Path, field: str) -> dict:
-    """``torch.load(weights_only=True)`` with one-line errors; unwraps ``{"state_dict": ...}``."""
+def load_state_dict_file(path: str | Path, field: str,
+                         fix: str = "download torchvision's ImageNet ResNet-18 weights "
+                                    "(resnet18-f37072fd.pth) and pass its path") -> dict:
+    """``torch.load(weights_only=True)`` with one-line errors; unwraps ``{"state_dict": ...}``.
+    ``fix`` says what to do when the file is missing."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise UserError(f"{field}: file {path} not found; download torchvision's ImageNet "
-                        f"ResNet-18 weights (resnet18-f37072fd.pth) and pass its path")
+        raise UserError(f"{field}: file {path} not found; {fix}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure is a user error here
@@ -183,13 +190,73 @@ def load_state_dict_file(path: str | Path, field: str) -> dict:
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
-_BUILDERS = {
+_BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "conv4": lambda c, **kw: Conv4(c, **kw),
     "resnet12": lambda c, **kw: ResNet12(c, **kw),
     "resnet18": lambda c, **kw: ResNet18(c, **kw),
     "resnet20": lambda c, **kw: ResNet20(c, **kw),
     "resnet50": lambda c, **kw: ResNet50(c, **kw),
 }
+
+
+def register_backbone(name: str, *, summary: str = ""):
+    """Make ``factory(in_channels, **options) -> nn.Module`` available as ``backbone.name``
+    (:func:`fsbench.registry.register_backbone`, where entry points also land). The module maps
+    ``(B, C, H, W)`` to ``(B, out_dim)`` and has an ``out_dim`` attribute (``feature_map`` where a
+    method needs the map before pooling)::
+
+        @register_backbone("conv6")
+        def conv6(in_channels, hidden=64):
+            return MyConv6(in_channels, hidden)
+    """
+    if not name or "/" in name:
+        raise ValueError(f"backbone name {name!r}: use a plain name (timm/... is reserved)")
+    from fsbench.registry import register_backbone as register
+
+    return register(name, summary=summary)
+
+
+class TimmBackbone(nn.Module):
+    """A `timm <https://github.com/huggingface/pytorch-image-models>`_ model by name
+    (``backbone.name: timm/<model>``), without its classifier: ``forward`` gives the pooled
+    ``(B, num_features)`` features, ``feature_map`` timm's ``forward_features`` (``(B, C, h, w)``
+    for CNNs, tokens for ViTs). Built with ``pretrained=False``: weights come from a local file
+    (``backbone.weights``) only, never from the network."""
+
+    def __init__(self, model: str, in_channels: int, **options):
+        super().__init__()
+        try:
+            import timm
+        except ImportError:
+            raise UserError("backbone.name: timm/... needs timm: pip install timm") from None
+        if not timm.is_model(model):
+            close = timm.list_models(f"*{model.split('_')[0]}*")[:5]
+            raise UserError(f"backbone.name: timm has no model {model!r}"
+                            + (f"; similar: {', '.join(close)}" if close else ""))
+        self.net = timm.create_model(model, pretrained=False, num_classes=0,
+                                     in_chans=in_channels, **options)
+        self.out_dim = int(self.net.num_features)
+
+    def feature_map(self, x):
+        return self.net.forward_features(x)
+
+    def forward(self, x):
+        return self.net(x)
+
+    def load_weights(self, path: str | Path) -> None:
+        """A timm / PyTorch state dict for this model from a local file; classifier weights
+        (``head``, ``fc``, ``classifier``) are dropped."""
+        state = load_state_dict_file(path, "backbone.weights", "pass the path of a local "
+                                     "state dict of this timm model (fsbench never downloads)")
+        drop = {k for k in state if k.split(".")[0] in ("head", "fc", "classifier")
+                and k not in self.net.state_dict()}
+        state = {k: v for k, v in state.items() if k not in drop}
+        try:
+            self.net.load_state_dict(state)
+        except RuntimeError as e:
+            first = " ".join(str(e).split())[:200]
+            raise UserError(f"backbone.weights {path}: does not fit this timm model ({first})") \
+                from None
 
 
 def check_pretraining(config: dict) -> None:
@@ -202,7 +269,7 @@ def check_pretraining(config: dict) -> None:
 
 
 def available() -> list[str]:
-    return sorted(_BUILDERS)
+    return sorted(_BUILDERS) + ["timm/<model>"]
 
 
 def _plugin_backbone(name: str):
@@ -216,10 +283,22 @@ def _plugin_backbone(name: str):
 
 
 def build_backbone(cfg: dict, in_channels: int) -> nn.Module:
-    """``cfg``: ``{name: resnet18, weights: PATH|null, **architecture kwargs}``."""
-    cfg = dict(cfg or {})
+    """``cfg``: ``{name: resnet18 | timm/<model> | a registered name, weights: PATH|null,
+    **architecture kwargs}``."""
+    cfg = {k: v for k, v in (cfg or {}).items() if v is not None}  # null: not given
     name = cfg.pop("name", "conv4")
     weights = cfg.pop("weights", None)
+    if cfg.pop("pretrained", None):
+        raise UserError("backbone.pretrained: fsbench never downloads weights; pass "
+                        "backbone.weights=PATH (a local file) instead")
+    if isinstance(name, str) and name.startswith("timm/"):
+        try:
+            net = TimmBackbone(name[len("timm/"):], in_channels, **cfg)
+        except TypeError as e:
+            raise UserError(f"backbone: bad option for {name}: {e}") from None
+        if weights:
+            net.load_weights(weights)
+        return net
     builder = _BUILDERS.get(name) or _plugin_backbone(name)
     try:
         net = builder(in_channels, **cfg)
@@ -228,6 +307,6 @@ def build_backbone(cfg: dict, in_channels: int) -> nn.Module:
     if weights:
         if not hasattr(net, "load_torchvision"):
             raise UserError(f"backbone.weights: pretrained weights are supported for resnet18 "
-                            f"only, not {name}")
+                            f"and timm/... only, not {name}")
         net.load_torchvision(weights)
     return net

@@ -33,11 +33,16 @@ class Finetune(PrototypeFSCIL):
         opt = torch.optim.SGD(params, lr=float(ft.get("lr", 0.01)), momentum=0.9)
         loader = ctx.loader(session.data, train=True, batch_size=int(ft.get("batch_size", 64)))
         self.train()
-        for _ in range(int(ft.get("epochs", 10))):
-            for x, y in loader:
+        epochs = int(ft.get("epochs", 10))
+        for epoch in range(epochs):
+            tot = n = 0
+            for x, y in ctx.bar(loader, f"session {session.index} epoch {epoch + 1}/{epochs}"):
                 x, y = x.to(ctx.device), y.to(ctx.device)
                 loss = F.cross_entropy(self.classifier(self.backbone(x), self.num_seen), y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                tot, n = tot + loss.item() * len(y), n + len(y)
+            ctx.log_epoch("finetune", epoch, loss=tot / max(1, n), lr=opt.param_groups[0]["lr"])
+        ctx.log_selection("finetune", epochs - 1 if epochs > 0 else None, "last")
         self.eval()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from fsbench.curves import EpisodeBlocks
 from fsbench.episodes.sampler import EpisodeSampler
 from fsbench.learner import DataInfo, FSLLearner
 from fsbench.registry import register_method
@@ -52,6 +53,7 @@ class ProtoNet(FSLLearner):
                                                 gamma=float(t.get("gamma", 0.5)))
         tf = ctx.train_transform
         self.backbone.train()
+        blocks = EpisodeBlocks(ctx, "episodes", n)
         for i in ctx.bar(range(n), "protonet episodes"):
             ep = sampler.sample(i, 1)
             idx = torch.cat([torch.from_numpy(ep.support.reshape(-1)),
@@ -61,9 +63,14 @@ class ProtoNet(FSLLearner):
             fs, fq = f[: way * shot], f[way * shot:]
             sl = torch.arange(way, device=ctx.device).repeat_interleave(shot)
             ql = torch.arange(way, device=ctx.device).repeat_interleave(query)
-            loss = F.cross_entropy(proto_logits(fs, sl, fq, way), ql)
+            logits = proto_logits(fs, sl, fq, way)
+            loss = F.cross_entropy(logits, ql)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            lr = opt.param_groups[0]["lr"]
             opt.step()
             sched.step()
+            acc = 100.0 * float((logits.argmax(1) == ql).float().mean())
+            blocks.add(i, loss=loss.item(), acc=acc, lr=lr)
+        ctx.log_selection("episodes", (n - 1) // blocks.size, "last")
         self.backbone.eval()

@@ -67,10 +67,11 @@ def memory_format(ctx) -> torch.memory_format:
 
 
 @torch.no_grad()
-def accuracy(backbone: nn.Module, head: nn.Module, data: ImageDataset, ctx, num: int) -> float:
+def accuracy(backbone: nn.Module, head: nn.Module, data: ImageDataset, ctx, num: int,
+             desc: str = "validation") -> float:
     backbone.eval()
     correct = total = 0
-    for x, y in ctx.batches(data, 512):
+    for x, y in ctx.bar(ctx.batches(data, 512), desc, total=-(-len(data) // 512)):
         pred = head(backbone(x.to(ctx.device)), num).argmax(1).cpu()
         correct += int((pred == y).sum())
         total += len(y)
@@ -109,33 +110,52 @@ def train_supervised(backbone: nn.Module, head: nn.Module, data: ImageDataset, c
     state = {"backbone": backbone, "head": head, "opt": opt, "sched": sched}
     start, saved = ckpt.restore(state, loader)
     best, best_acc = saved.get("best"), float(saved.get("best_acc", -1.0))
+    best_epoch = saved.get("best_epoch")
     history = list(saved.get("history", []))
-    for epoch in ctx.bar(range(start, epochs), f"{desc} training", leave=False):
+    acc_key = {"val": "val_acc", "test": "test_acc"}.get(select)
+    for epoch in range(start, epochs):
         backbone.train()
         head.train()
-        tot, n = 0.0, 0
-        for x, y in loader:
+        tot, n, correct = 0.0, 0, 0
+        lr = opt.param_groups[0]["lr"]
+        bar = ctx.bar(loader, f"{desc} epoch {epoch + 1}/{epochs}", total=len(loader))
+        for i, (x, y) in enumerate(bar):
             x, y = x.to(ctx.device, memory_format=fmt if x.dim() == 4 else
                         torch.contiguous_format), y.to(ctx.device)
             f = backbone(x)
-            loss = (loss_fn(f, y) if loss_fn is not None
-                    else F.cross_entropy(head(f, num_classes), y))
+            if loss_fn is None:
+                logits = head(f, num_classes)
+                loss = F.cross_entropy(logits, y)
+            else:
+                loss = loss_fn(f, y)
+                with torch.no_grad():
+                    logits = head(f.detach(), num_classes)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             tot += loss.item() * len(y)
             n += len(y)
+            correct += int((logits.argmax(1) == y).sum())
+            bar.set_postfix(loss=f"{tot / n:.4f}", acc=f"{100.0 * correct / n:.1f}",
+                            refresh=False)
+            ctx.log_step(desc, epoch * len(loader) + i, loss=loss.item(), lr=lr)
         sched.step()
-        rec = {"epoch": epoch, "loss": tot / max(1, n)}
+        rec = {"epoch": epoch, "loss": tot / max(1, n), "lr": lr,
+               "train_acc": 100.0 * correct / max(1, n)}
         if sel_data is not None:
-            rec["select_acc"] = accuracy(backbone, head, sel_data, ctx, num_classes)
+            rec["select_acc"] = accuracy(backbone, head, sel_data, ctx, num_classes,
+                                         "validation" if select == "val" else "base test")
             if rec["select_acc"] > best_acc:
-                best_acc = rec["select_acc"]
+                best_acc, best_epoch = rec["select_acc"], epoch
                 best = (copy.deepcopy(backbone.state_dict()), copy.deepcopy(head.state_dict()))
         history.append(rec)
+        ctx.log_epoch(desc, epoch, loss=rec["loss"], train_acc=rec["train_acc"], lr=lr,
+                      **({acc_key: rec["select_acc"]} if "select_acc" in rec else {}))
         ckpt.save(epoch + 1, state, loader, {"best": best, "best_acc": best_acc,
-                                             "history": history})
+                                             "best_epoch": best_epoch, "history": history})
     if best is not None:
         backbone.load_state_dict(best[0])
         head.load_state_dict(best[1])
+    ctx.log_selection(desc, best_epoch if best is not None else epochs - 1 if epochs > 0 else None,
+                      select)
     return {"history": history, "select": select, "best_select_acc": best_acc if best else None}

@@ -150,8 +150,9 @@ def _candidates() -> tuple:
     return codes, cover
 
 
-def _render(codes, canvas: int) -> np.ndarray:
-    """(len(codes), len(FACES), canvas, canvas) uint8 renderings, centred with anchor='mm'."""
+def _render(codes, canvas: int, bar=None) -> np.ndarray:
+    """(len(codes), len(FACES), canvas, canvas) uint8 renderings, centred with anchor='mm';
+    ``bar`` (a progress bar) advances by one glyph per rendering."""
     from PIL import Image, ImageDraw, ImageFont
     out = np.zeros((len(codes), len(FACES), canvas, canvas), np.uint8)
     im = Image.new("L", (canvas, canvas))
@@ -162,6 +163,8 @@ def _render(codes, canvas: int) -> np.ndarray:
             draw.rectangle((0, 0, canvas, canvas), fill=0)
             draw.text((canvas / 2, canvas / 2), chr(c), fill=255, font=font, anchor="mm")
             out[i, j] = np.asarray(im)
+        if bar is not None:
+            bar.update(len(codes))
     return out
 
 
@@ -215,9 +218,14 @@ def _layout(cover: np.ndarray):
 
 
 def _build(size: int):
+    from fsbench.context import progress_bar
+
     codes, cover = _candidates()
-    src = _render(codes, size)
-    ref = src if size == 32 else _render(codes, 32)
+    total = len(codes) * len(FACES) * (1 if size == 32 else 2)
+    with progress_bar(total=total, desc=f"rendering glyphs at {size} px (once, then cached)",
+                      unit="glyph") as bar:
+        src = _render(codes, size, bar)
+        ref = src if size == 32 else _render(codes, 32, bar)
     cover &= ref.reshape(*ref.shape[:2], -1).max(-1) > 0  # a face must put ink on the canvas
     ok = cover[:, :NUM_SHARED].all(1)  # (all 1,330 do with matplotlib's fonts today)
     codes, cover, src, ref = [c for c, k in zip(codes, ok) if k], cover[ok], src[ok], ref[ok]

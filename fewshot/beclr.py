@@ -77,6 +77,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fsbench.baselines.backbones import ResNet50, build_backbone
+from fsbench.context import progress_bar
 from fsbench.errors import UserError
 from fsbench.learner import DataInfo, FSLLearner
 from fsbench.registry import register_method
@@ -325,7 +326,9 @@ class DyCE:
         x = F.normalize(self.bank[:self.count].float(), dim=1).cpu().numpy()
         km = KMeans(n_clusters=self.num_clusters, n_init=self.kmeans_n_init,
                     random_state=self.seed + self.n_clusterings)
-        labels = km.fit_predict(x)
+        with progress_bar(total=1, desc=f"{self.name} k-means ({self.count} embeddings)") as bar:
+            labels = km.fit_predict(x)
+            bar.update()
         self.n_clusterings += 1
         if self.initialized and len(np.unique(labels)) < self.num_clusters:
             return False
@@ -552,6 +555,8 @@ class BECLR(FSLLearner):
                 n_it += 1
             self.history.append({"epoch": epoch, **{k: v / max(1, n_it) for k, v in tot.items()},
                                  "topk": k_used, "lr": trainer.last_lr})
+            ctx.log_epoch("pretrain", **self.history[-1])
+        ctx.log_selection("pretrain", epochs - 1 if epochs > 0 else None, "last")
         self.student.eval()
         self.teacher.eval()
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import time
 from pathlib import Path
@@ -10,11 +11,13 @@ import torch
 
 from fsbench import config as _config
 from fsbench import transforms as _transforms
-from fsbench.context import RunContext, derive_seed, resolve_device, seed_everything
+from fsbench.context import (RunContext, bars_wanted, derive_seed, resolve_device,
+                             seed_everything, set_progress)
+from fsbench.curves import Curves
 from fsbench.errors import UserError
 from fsbench.learner import DataInfo
 from fsbench.learnerstate import remember_initial
-from fsbench.loggers import ConsoleLogger, FileLogger, JSONLinesLogger, Logger
+from fsbench.loggers import ConsoleLogger, FileLogger, JSONLinesLogger, Logger, make_loggers
 from fsbench.memory import keep_freed_memory
 from fsbench.plugins import is_import_path
 from fsbench.registry import DATASETS, METHODS
@@ -116,13 +119,25 @@ def _pin_threads(reproducible: bool, threads) -> int | None:
     return threads
 
 
+def _invocation(command, preset, overrides, cfg: dict) -> dict:
+    """How a new run was asked for: the command line (None from Python), the ``--preset`` file
+    and its values, the ``--set`` overrides, and what the resolved configuration changes in the
+    packaged preset (``config_diff``: ``--preset``, ``--set`` and ``--seed`` together)."""
+    return {"command": shlex.join(command) if command else None,
+            "preset_file": str(preset) if preset else None,
+            "preset_values": _config.read_yaml(Path(preset)) if preset else None,
+            "set": dict(overrides) if isinstance(overrides, dict) else list(overrides or []),
+            "config_diff": _config.diff_from_preset(cfg)}
+
+
 def run(method: str, dataset: str, *, data_root=None, split_dir=None, preset: str | None = None,
         overrides: list[str] | dict | None = None, seed: int | None = None,
         device: str | None = None, out_dir: str | Path = "runs", resume: str | Path | None = None,
-        loggers: list[Logger] | None = None, progress: bool = True,
+        loggers: list[Logger] | None = None, progress: bool | None = None,
         stop_after: int | None = None, threads: int | None = None,
         reproducible: bool = False, base_from: str | Path | None = None,
-        run_dir: str | Path | None = None) -> dict:
+        run_dir: str | Path | None = None, log_to: list[str] | None = None,
+        command: list[str] | None = None) -> dict:
     """Run ``method`` on ``dataset`` and write ``RUN_DIR/result.json``; returns the result dict.
 
     ``method`` is a registered name or an import path of a learner class,
@@ -138,7 +153,14 @@ def run(method: str, dataset: str, *, data_root=None, split_dir=None, preset: st
     thread count. Both are recorded in ``run.json`` and ``result.json``.
 
     ``base_from=RUN_DIR`` (FSCIL) loads the base model of an earlier compatible run instead of
-    training one (:mod:`fsbench.basemodel`); ``result.json`` records it as ``base_from``."""
+    training one (:mod:`fsbench.basemodel`); ``result.json`` records it as ``base_from``.
+
+    ``progress``: draw progress bars (``None``: only when stdout and stderr are terminals).
+    ``loggers`` replace the console logger; ``log_to`` adds loggers by name
+    (:data:`fsbench.loggers.LOGGERS`: ``csv``, ``tensorboard``), recorded in ``run.json`` and used
+    again by ``resume`` unless given. ``command`` (the command line, ``fsbench run`` passes it)
+    is recorded with the overrides and the configuration's difference from the packaged preset
+    in ``result.json``'s ``invocation``."""
     if resume is not None:
         new_dir = None
         run_dir = Path(resume)
@@ -165,6 +187,9 @@ def run(method: str, dataset: str, *, data_root=None, split_dir=None, preset: st
         reproducible = bool(inv.get("reproducible"))
         threads = inv.get("threads", threads)
         entry = _method_entry(inv.get("method_import") or method, run_dir)
+        log_to = log_to if log_to is not None else inv.get("loggers")
+        invocation = dict(inv.get("invocation") or {})
+        invocation["resume_command"] = shlex.join(command) if command else None
     else:
         new_dir = Path(run_dir) if run_dir is not None else None
         if new_dir is not None and (new_dir / RUN_FILE).exists():
@@ -177,8 +202,12 @@ def run(method: str, dataset: str, *, data_root=None, split_dir=None, preset: st
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= 2**32 - 1:
             raise UserError(f"--seed {seed}: use a whole number from 0 to 4294967295")
         cfg["seed"] = seed
+        invocation = _invocation(command, preset, overrides, cfg)
     threads = _pin_threads(reproducible, threads)
     malloc = keep_freed_memory()
+    set_progress(progress)  # bars outside the run context (first glyphs render, re-clustering)
+    progress = bars_wanted(progress)
+    named = make_loggers(log_to)  # an unknown or missing logger fails before anything runs
     task = entry.task
     base_from = _base_source(base_from, task)
     dev = resolve_device(device or cfg.get("device"))
@@ -211,12 +240,14 @@ def run(method: str, dataset: str, *, data_root=None, split_dir=None, preset: st
             "data_root": str(data_root) if data_root else os.environ.get("FSBENCH_DATA"),
             "split_dir": str(split_dir) if split_dir else None,
             "device": device, "reproducible": threads if reproducible else None,
-            "threads": threads, "created": now_iso(),
-            "method_import": entry.extra.get("import_path"), "base_from": base_from})
+            "threads": threads, "loggers": list(log_to or []), "invocation": invocation,
+            "created": now_iso(), "method_import": entry.extra.get("import_path"),
+            "base_from": base_from})
     if loggers is None:
         loggers = [ConsoleLogger()]
-    loggers = list(loggers) + [FileLogger(run_dir / "run.log"),
-                               JSONLinesLogger(run_dir / "metrics.jsonl")]
+    loggers = list(loggers) + named + [FileLogger(run_dir / "run.log"),
+                                       JSONLinesLogger(run_dir / "metrics.jsonl")]
+    ctx.curves = Curves(loggers)
     started = now_iso()
     for lg in loggers:
         lg.on_start({"method": method, "dataset": dataset, "seed": seed, "run_dir": str(run_dir),
@@ -231,12 +262,15 @@ def run(method: str, dataset: str, *, data_root=None, split_dir=None, preset: st
         else:
             from fsbench.runners.fsl import run_fsl
             metrics = run_fsl(learner, bench, ctx, run_dir, loggers, resume=resume is not None)
-    except BaseException:
+    except BaseException as e:
         # A run that fails or is interrupted before its first checkpoint (a session's or a
         # training epoch's) leaves nothing behind, whatever the exception: there is nothing to
-        # resume from.
-        if resume is None and not any((run_dir / f).exists() for f in ("checkpoint.pt",
-                                                                      EPOCHS_FILE)):
+        # resume from. An interrupted run with a checkpoint names its folder for the resume
+        # hint of `fsbench run`.
+        saved = any((run_dir / f).exists() for f in ("checkpoint.pt", EPOCHS_FILE))
+        if isinstance(e, KeyboardInterrupt):
+            e.run_dir = str(run_dir) if saved or resume is not None else None
+        if resume is None and not saved:
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
     times = metrics.pop("times", [])
@@ -260,6 +294,8 @@ def run(method: str, dataset: str, *, data_root=None, split_dir=None, preset: st
                  **{k: v for k, v in (bench.info or {}).items() if k != "split_id"}},
         "environment": {**environment(dev), "malloc": malloc},
         "metrics": metrics if task == "fsl" else {k: v for k, v in metrics.items()},
+        "history": ctx.curves.history(),
+        "invocation": invocation,
         "timings": {"total_s": round(elapsed_before + time.perf_counter() - t0, 3),
                     ("per_session_s" if task == "fscil" else "fit_eval_s"):
                         [round(t, 3) for t in times]},

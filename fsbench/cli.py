@@ -41,6 +41,7 @@ def main(argv=None) -> int:
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
+        args.command_line = ["fsbench", *argv]
         if not getattr(args, "func", None):
             parser.print_help()
             return 2
@@ -62,8 +63,16 @@ def main(argv=None) -> int:
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except KeyboardInterrupt:
-        print("fsbench: interrupted; resume with `fsbench run --resume RUN_DIR`", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        import shlex
+
+        if hasattr(e, "run_dir") and e.run_dir is None:  # stopped before its first checkpoint
+            print("fsbench: interrupted before the run's first checkpoint; nothing was kept, "
+                  "start it again", file=sys.stderr)
+            return 130
+        run_dir = shlex.quote(e.run_dir) if getattr(e, "run_dir", None) else "RUN_DIR"
+        print(f"fsbench: interrupted; resume with `fsbench run --resume {run_dir}`",
+              file=sys.stderr)
         return 130
 
 

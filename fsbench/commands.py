@@ -1,4 +1,4 @@
-"""Core sub-commands: ``run``, ``list``, ``show``."""
+"""Core sub-commands: ``run``, ``list``, ``show``, ``runs``."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -37,8 +37,9 @@ def cmd_run(args) -> int:
     run(args.method, args.dataset, data_root=args.data_root, split_dir=args.split_dir,
         preset=args.preset,
         overrides=args.set, seed=args.seed, device=args.device, out_dir=args.out,
-        resume=args.resume, progress=not args.no_progress, threads=args.threads,
-        reproducible=args.reproducible, base_from=args.base_from, run_dir=args.run_dir)
+        resume=args.resume, progress=args.progress, threads=args.threads,
+        reproducible=args.reproducible, base_from=args.base_from, run_dir=args.run_dir,
+        log_to=args.logger, command=getattr(args, "command_line", None))
     return 0
 
 
@@ -82,19 +83,26 @@ def cmd_list(args) -> int:
 
 
 def cmd_show(args) -> int:
-    from fsbench import summary
+    from fsbench import runviews, summary
 
-    path = Path(args.run_dir)
-    if summary.is_summary(path):
-        print(summary.show(path))
+    paths = [Path(p) for p in args.run_dirs]
+    sums = [p for p in paths if summary.is_summary(p)]
+    if sums:
+        if len(sums) != len(paths) or args.format != "table":
+            raise UserError("fsbench show: give run folders, or sweep summaries (SUMMARY.json or "
+                            "SWEEP_DIR) on their own and without --format; a summary is JSON "
+                            "already")
+        print("\n\n".join(summary.show(p) for p in sums))
         return 0
-    from fsbench.loggers import result_table
-    from fsbench.results import check_result_shape, read_json
+    results = [(str(p), runviews.load_result(p)) for p in args.run_dirs]
+    print(runviews.show(results, args.format))
+    return 0
 
-    path = path / "result.json" if path.is_dir() else path
-    result = read_json(path, "result file")
-    check_result_shape(result, path)
-    print(result_table(result))
+
+def cmd_runs(args) -> int:
+    from fsbench import runviews
+
+    print(runviews.runs_table(runviews.list_runs(args.dir), args.format))
     return 0
 
 
@@ -118,7 +126,16 @@ def add_commands(sub) -> None:
     p.add_argument("--base-from", metavar="RUN_DIR",
                    help="FSCIL: load the base session's model from an earlier compatible run "
                         "(same dataset, split, seed, base configuration) and skip base training")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    bars = p.add_mutually_exclusive_group()
+    bars.add_argument("--progress", action="store_true", default=None,
+                      help="draw progress bars even when the output is not a terminal")
+    bars.add_argument("--no-progress", dest="progress", action="store_false",
+                      help="no progress bars (default: bars only when stdout and stderr are "
+                           "terminals)")
+    p.add_argument("--logger", action="append", metavar="NAME",
+                   help="also log to NAME: csv (RUN_DIR/curves.csv) or tensorboard "
+                        "(RUN_DIR/tensorboard/, pip install 'fsbench[tensorboard]'); repeatable; "
+                        "a resumed run keeps its loggers")
     p.add_argument("--reproducible", action="store_true",
                    help="numbers independent of the machine: pin the CPU kernels to AVX2, "
                         "MKL's reproducible mode and a fixed thread count (slower where AVX-512 "
@@ -133,7 +150,18 @@ def add_commands(sub) -> None:
     p = sub.add_parser("list", help="list methods and datasets")
     p.set_defaults(func=cmd_list)
 
-    p = sub.add_parser("show", help="print the table of a finished run, or of a sweep's "
-                                    "summary (mean ± std over seeds)")
-    p.add_argument("run_dir", metavar="RUN_DIR|SUMMARY.json|SWEEP_DIR")
+    p = sub.add_parser("show", help="print the table of a run, several runs side by side, or a "
+                                    "sweep's summary (mean ± std over seeds)")
+    p.add_argument("run_dirs", metavar="RUN_DIR|SUMMARY.json|SWEEP_DIR", nargs="+",
+                   help="run folders (or their result.json), or sweep summaries")
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table",
+                   help="table (default; several runs: a column each), csv (one row per "
+                        "session or shot) or json")
     p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("runs", help="list the runs in a folder: method, dataset, seed, status, "
+                                    "AVG/last or shot accuracies")
+    p.add_argument("dir", metavar="DIR", nargs="?", default="runs",
+                   help="the --out folder of the runs (default runs/)")
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    p.set_defaults(func=cmd_runs)

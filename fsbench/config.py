@@ -195,3 +195,24 @@ def get(cfg: dict, path: str, default=None):
             return default
         node = node[part]
     return node
+
+
+def flatten(cfg: dict, prefix: str = "") -> dict:
+    """``{"train.lr": 0.1, ...}``: the leaves of a nested configuration by dotted path."""
+    out = {}
+    for k, v in cfg.items():
+        path = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, path + "."))
+        else:
+            out[path] = v
+    return out
+
+
+def diff_from_preset(cfg: dict) -> dict:
+    """What a run's configuration changes in its packaged preset (``--preset``, ``--set``,
+    ``--seed``): ``{dotted key: {"preset": value, "run": value}}``, absent keys as ``None``."""
+    packaged = flatten(resolve(cfg["method"], cfg["dataset"]))
+    run = flatten(cfg)
+    return {k: {"preset": packaged.get(k), "run": run.get(k)}
+            for k in sorted(set(packaged) | set(run)) if packaged.get(k) != run.get(k)}

@@ -66,7 +66,8 @@ class Eval(_Block):
 
 
 class Backbone(_Block):
-    name: Optional[str] = Field(None, description="conv4, resnet12, resnet18, resnet20, ...")
+    name: Optional[str] = Field(None, description="conv4, resnet12, resnet18, resnet20, ..., "
+                                                  "a registered name or timm/<model>")
     hidden: Optional[PosInt] = Field(None, description="channels of the first stage")
     weights: Optional[str] = Field(None, description="local weights file (never downloaded)")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
+import sys
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
@@ -13,10 +14,40 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from fsbench import config as _config
+from fsbench.curves import Curves
 from fsbench.episodes.base import ArrayDataset, ImageDataset
 from fsbench.transforms import Pipeline
 
 log = logging.getLogger("fsbench")
+
+
+# Progress bars of this process (None: automatic), set by fsbench.api.run from --progress /
+# --no-progress; bars outside a RunContext (the first glyphs render, re-clustering) follow it.
+_progress: bool | None = None
+
+
+def bars_wanted(progress: bool | None = None) -> bool:
+    """Whether to draw progress bars: ``True`` / ``False`` force them (``--progress`` /
+    ``--no-progress``); ``None`` follows the command's choice, else draws them only when stdout and
+    stderr are both terminals (not in Slurm logs, pipes or redirected output)."""
+    if progress is None:
+        progress = _progress
+    if progress is not None:
+        return bool(progress)
+    return sys.stdout.isatty() and sys.stderr.isatty()
+
+
+def set_progress(progress: bool | None) -> None:
+    """The default of :func:`bars_wanted` for this process (``fsbench.api.run`` sets it)."""
+    global _progress
+    _progress = progress
+
+
+def progress_bar(iterable=None, desc: str = "", total: int | None = None, leave: bool = False,
+                 progress: bool | None = None, **kw):
+    """A tqdm bar, drawn only when :func:`bars_wanted`."""
+    return tqdm(iterable, desc=desc, total=total, leave=leave,
+                disable=not bars_wanted(progress), dynamic_ncols=True, **kw)
 
 
 def derive_seed(seed: int, *parts) -> int:
@@ -70,14 +101,32 @@ class RunContext:
     progress: bool = True
     num_workers: int = 0
     extras: dict = field(default_factory=dict)
+    curves: Curves | None = None  # set by the runner; None: reports go nowhere
+
+    def log_epoch(self, stage: str, epoch: int, **values) -> None:
+        """Report one finished epoch of a training loop (``loss``, ``val_acc``, ``lr``...): it goes
+        to the loggers (``on_epoch``), ``metrics.jsonl`` and ``result.json``'s ``history``."""
+        if self.curves is not None:
+            self.curves.epoch(stage, epoch, values)
+
+    def log_step(self, stage: str, step: int, **values) -> None:
+        """Report one optimisation step (loggers' ``on_step``, e.g. TensorBoard; not stored)."""
+        if self.curves is not None:
+            self.curves.step(stage, step, values)
+
+    def log_selection(self, stage: str, epoch: int | None, rule: str) -> None:
+        """Report which epoch's weights the trainer kept and by which rule (val, last, test)."""
+        if self.curves is not None:
+            self.curves.selection(stage, epoch, rule)
 
     def get(self, path: str, default=None):
         """A configuration value by dotted path, e.g. ``ctx.get("train.epochs")``."""
         return _config.get(self.config, path, default)
 
     def bar(self, iterable: Iterable, desc: str, total: int | None = None, leave: bool = False):
-        return tqdm(iterable, desc=desc, total=total, leave=leave, disable=not self.progress,
-                    dynamic_ncols=True)
+        """A progress bar over ``iterable`` (``set_postfix(loss=...)`` shows running values); drawn
+        when the run's ``progress`` is on (:func:`bars_wanted`)."""
+        return progress_bar(iterable, desc, total, leave, self.progress)
 
     def loader(self, data: ImageDataset, *, train: bool, batch_size: int,
                shuffle: bool | None = None, drop_last: bool = False,

@@ -279,6 +279,22 @@ def cmd_prepare(args) -> int:
 
 
 # ---------------------------------------------------------------------------------- download
+def copy_with_bar(response, out, desc: str, chunk: int = 1 << 20) -> int:
+    """Copy an HTTP ``response`` into the file ``out`` with a progress bar in bytes (sized by the
+    Content-Length when the server sends one); returns the bytes copied."""
+    from fsbench.context import progress_bar
+
+    size = response.headers.get("Content-Length") if getattr(response, "headers", None) else None
+    done = 0
+    with progress_bar(total=int(size) if size and size.isdigit() else None, desc=desc, leave=True,
+                      unit="B", unit_scale=True, unit_divisor=1024) as bar:
+        while block := response.read(chunk):
+            out.write(block)
+            done += len(block)
+            bar.update(len(block))
+    return done
+
+
 def _safe_extract(tar: "tarfile.TarFile", dest: Path) -> None:
     """Extract only plain files and folders inside ``dest``: tarfile's ``data`` filter where the
     Python has it (3.11.4+, 3.10.12+), the same refusals written out on older ones."""
@@ -324,7 +340,7 @@ def cmd_download(args) -> int:
 
         print(f"downloading {cifar.URL}")
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(cifar.URL, timeout=60) as r:
-            shutil.copyfileobj(r, out, 1 << 20)
+            copy_with_bar(r, out, "cifar-100-python.tar.gz")
         got = file_digest(tmp, "md5")
         if got != cifar.MD5:
             raise UserError(f"downloaded {cifar.URL} has md5 {got}, expected {cifar.MD5} "

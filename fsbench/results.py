@@ -166,14 +166,26 @@ def named_run_dir(path: str | Path) -> Path:
     return path
 
 
-def git_commit() -> str | None:
+def _git(*args) -> str | None:
+    """``git ARGS`` in the fsbench source tree; None outside a checkout or without git."""
     here = Path(__file__).resolve().parent.parent
     try:
-        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True,
-                             text=True, timeout=5)
+        out = subprocess.run(["git", "-C", str(here), *args], capture_output=True, text=True,
+                             timeout=5)
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+    return out.stdout if out.returncode == 0 else None
+
+
+def git_commit() -> str | None:
+    out = _git("rev-parse", "HEAD")
+    return out.strip() or None if out else None
+
+
+def git_dirty() -> bool | None:
+    """Whether tracked files differ from the commit (None outside a git checkout)."""
+    out = _git("status", "--porcelain", "--untracked-files=no")
+    return None if out is None else bool(out.strip())
 
 
 def environment(device: torch.device | str) -> dict:
@@ -191,8 +203,11 @@ def environment(device: torch.device | str) -> dict:
         "torchvision": ver("torchvision"), "numpy": np.__version__, "pot": ver("POT"),
         "platform": platform.platform(), "machine": platform.machine(),
         "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-        "device": str(device), "git_commit": git_commit(), **repro.fingerprint(),
+        "device": str(device), "git_commit": git_commit(), "git_dirty": git_dirty(),
+        **repro.fingerprint(),
     }
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
+        env["cuda"] = torch.version.cuda
+        env["cudnn"] = torch.backends.cudnn.version()
     return env

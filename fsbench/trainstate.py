@@ -11,7 +11,8 @@ The runner puts a :class:`EpochCheckpoint` in ``ctx.extras["epochs"]`` (file
 
 What is saved after every epoch: the ``state_dict`` of every object given (modules, optimizer,
 scheduler), the global RNG states (Python, NumPy, torch, CUDA), the DataLoader's shuffling
-generator, and ``extra`` (tensors and plain values: the history, the best-so-far selection state).
+generator, ``extra`` (tensors and plain values: the history, the best-so-far selection state) and
+the epochs reported so far in this session (``ctx.log_epoch``, replayed to the loggers on restore).
 The file is written atomically and read with ``weights_only=True``. A resumed run therefore
 continues with the same batches and random draws and, on a CPU in the reproducible mode, ends
 with identical numbers. The runner deletes the file once the session's own checkpoint is written.
@@ -56,14 +57,15 @@ def _set_rng_state(state: dict) -> None:
 class EpochCheckpoint:
     """Per-epoch state of the trainers of one run (one file, one slot per trainer ``key``)."""
 
-    def __init__(self, path: str | Path | None, key: str = ""):
+    def __init__(self, path: str | Path | None, key: str = "", curves=None):
         self.path = Path(path) if path else None
         self.key = key
+        self.curves = curves  # fsbench.curves.Curves: the reported epochs travel with the slot
 
     @classmethod
     def of(cls, ctx, key: str) -> "EpochCheckpoint":
         base = ctx.extras.get("epochs") if ctx is not None else None
-        return cls(base.path if base else None, key)
+        return cls(base.path if base else None, key, getattr(ctx, "curves", None))
 
     def _load_all(self) -> dict:
         from fsbench.results import load_checkpoint
@@ -90,6 +92,8 @@ class EpochCheckpoint:
             raise UserError(f"{self.path} ({self.key}) does not fit this training "
                             f"({type(e).__name__}: {' '.join(str(e).split())[:200]}); delete it "
                             f"to restart the training from its first epoch") from None
+        if self.curves is not None:
+            self.curves.restore(slot.get("curves", []), replay=True)
         return int(slot["epoch"]), slot.get("extra", {})
 
     def save(self, epoch: int, objects: dict[str, Any], loader=None, extra: dict | None = None
@@ -105,7 +109,8 @@ class EpochCheckpoint:
             "objects": {name: obj.state_dict() for name, obj in objects.items()},
             "loader": loader.generator.get_state() if loader is not None
             and loader.generator is not None else None,
-            "rng": _rng_state(), "extra": dict(extra or {})}
+            "rng": _rng_state(), "extra": dict(extra or {}),
+            "curves": self.curves.state(self.curves.session) if self.curves is not None else []}
         atomic_torch_save(self.path, slots)
 
     def clear(self) -> None:

@@ -315,20 +315,29 @@ class CPECLIP(FSCILLearner):
         loader = ctx.loader(session.data, train=True, batch_size=batch, shuffle=True)
         self.prompts.train()
         for epoch in range(epochs):
+            lr = self._lr(epoch)
             for group in opt.param_groups:
-                group["lr"] = self._lr(epoch)
+                group["lr"] = lr
             bar = ctx.bar(loader, f"session {t} epoch {epoch + 1}/{epochs}")
+            tot = correct = n = 0
             for x, y in bar:
                 text = self.prompts.encode_text(clip, tokens)
                 logits = mask_old(self.prompts.logits(clip, self._images(x), text, self.scale),
                                   num_old)
-                loss = F.cross_entropy(logits, y.to(self.device))
+                y = y.to(self.device)
+                loss = F.cross_entropy(logits, y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if lam != 1.0:
                     for q in params:
                         q.grad.mul_(lam)
                 opt.step()
+                tot += loss.item() * len(y)
+                correct += int((logits.argmax(1) == y).sum())
+                n += len(y)
+            ctx.log_epoch("prompts", epoch, loss=tot / max(1, n), train_acc=100.0 * correct
+                          / max(1, n), lr=lr)
+        ctx.log_selection("prompts", epochs - 1, "last")
         self.prompts.eval()
 
     def _lr(self, epoch: int) -> float:

@@ -72,7 +72,8 @@ def cmd_plot(args) -> int:
 
     lb = store.load(_dir(args))
     out = args.output or f"{args.dataset}-sessions.png"
-    path = plot.plot(lb, args.dataset, _methods(args.methods), out)
+    path = plot.plot(lb, args.dataset, _methods(args.methods), out, dpi=args.dpi,
+                     size=args.size, title=args.title)
     print(f"wrote {path}")
     return 0
 
@@ -144,7 +145,11 @@ def add_commands(sub) -> None:
     p = sub.add_parser("plot", help="plot accuracy per session (published dashed, ours solid)")
     p.add_argument("--dataset", required=True, help="an FSCIL dataset, e.g. cub200")
     p.add_argument("--methods", help="comma-separated methods, e.g. teen,ncm (default: all)")
-    p.add_argument("--output", "-o", metavar="PNG", help="default: <dataset>-sessions.png")
+    p.add_argument("--output", "-o", metavar="FILE",
+                   help="a .png, .pdf or .svg file (default: <dataset>-sessions.png)")
+    p.add_argument("--dpi", type=int, default=200, help="resolution of a .png (default 200)")
+    p.add_argument("--size", metavar="W,H", help="figure size in inches (default 7.5,4.5)")
+    p.add_argument("--title", help="the figure title (default: '<Dataset> — FSCIL'; '' for none)")
     p.add_argument("--leaderboard-dir", metavar="DIR", help=lb_help)
     p.set_defaults(func=cmd_plot)
 

@@ -296,6 +296,9 @@ def test_end_to_end_synthetic_both_variants(tmp_path):
                   out_dir=tmp_path, progress=False, loggers=[])
         shots = res["metrics"]["shots"]
         assert set(shots) == {"1", "5"}
+        (h,) = res["history"]
+        assert h["stage"] == "pretrain" and [e["epoch"] for e in h["epochs"]] == [0, 1]
+        assert h["selected_epoch"] == 1 and h["select"] == "last" and h["epochs"][0]["lr"] > 0
         assert res["pretraining"] == "self-supervised" and res["config"]["head"] == "opta"
         # 5-way, chance 20%: measured 79-80% (1-shot) and 87% (5-shot) for both variants
         assert shots["1"]["mean"] >= 20 + 35 and shots["5"]["mean"] >= 20 + 50, (variant, shots)

@@ -243,3 +243,5 @@ def test_glyphs_end_to_end_and_resume(tmp_path):
     resumed = api.run("cpe_clip", "glyphs", resume=part["run_dir"], loggers=[], progress=False)
     assert [s["acc"] for s in resumed["metrics"]["sessions"]] == acc
     assert resumed["metrics"]["avg"] == full["metrics"]["avg"]
+    assert resumed["history"] == full["history"] and len(full["history"]) == 9  # one per session
+    assert all(h["stage"] == "prompts" and h["select"] == "last" for h in full["history"])

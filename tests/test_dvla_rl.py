@@ -260,6 +260,10 @@ def test_glyphs_end_to_end_above_chance_and_resume(tmp_path):
     shots = r["metrics"]["shots"]
     # 5-way: chance is 20%; this short run must clear it by 7 points (1-shot) and 12 (5-shot)
     assert shots["1"]["mean"] > 27 and shots["5"]["mean"] > 32, shots
+    (pre, meta) = r["history"]  # 1 pretraining epoch, 20 meta-tuning episodes in one block
+    assert pre["stage"] == "pretrain" and [e["epoch"] for e in pre["epochs"]] == [0]
+    assert meta["stage"] == "meta" and meta["epochs"][0]["episodes"] == 20
     again = api.run(None, None, resume=r["run_dir"], progress=False)
+    assert again["history"] == r["history"]
     for k in ("1", "5"):
         assert again["metrics"]["shots"][k]["per_episode"] == shots[k]["per_episode"]

@@ -195,6 +195,10 @@ def test_resume_gives_identical_numbers(tmp_path):
     assert part["status"] == "partial" and len(part["metrics"]["sessions"]) == 3
     resumed = api.run(None, None, resume=part["run_dir"], progress=False)
     assert resumed["status"] == "complete" and _sessions(resumed) == _sessions(full)
+    assert resumed["history"] == full["history"]  # training curves survive the resume
+    stages = [(h["session"], h["stage"]) for h in full["history"]]
+    assert stages == [(0, "base")] + [(t, "incremental") for t in range(1, 5)]
+    assert full["history"][0]["select"] == "val" and full["history"][1]["epochs"][0]["loss"] > 0
     assert full["flags"]["selected_on_test"] is False
 
 

@@ -58,6 +58,7 @@ def test_finetune_runs_and_forgets(tmp_path):
                 out_dir=tmp_path, progress=False)
     s = r["metrics"]["sessions"]
     assert len(s) == 5 and s[-1]["base_acc"] < s[0]["base_acc"]
+    assert [len(h["epochs"]) for h in r["history"][1:]] == [5] * 4  # fine-tuning curves kept
 
 
 def test_fsl_runner_fixed_episodes(tmp_path):
@@ -67,6 +68,8 @@ def test_fsl_runner_fixed_episodes(tmp_path):
     assert set(shots) == {"1", "5"} and shots["1"]["n_episodes"] == 100
     assert shots["5"]["mean"] > shots["1"]["mean"] > 20  # chance 20%
     assert len(shots["5"]["per_episode"]) == 100
+    (h,) = a["history"]  # 5 episodes: one block
+    assert h["stage"] == "episodes" and h["epochs"][0]["episodes"] == 5 and h["select"] == "last"
     # Reusing the manifest evaluates on identical episodes: same per-episode accuracies.
     manifest = next((tmp_path / "a").glob("*/episodes.npz"))
     b = api.run("protonet", "synthetic", overrides={"train.episodes": 5,

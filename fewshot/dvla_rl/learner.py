@@ -27,6 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fsbench.baselines.protos import prototypes
+from fsbench.curves import EpisodeBlocks
 from fsbench.episodes.sampler import EpisodeSampler
 from fsbench.errors import UserError
 from fsbench.learner import DataInfo, FSLLearner
@@ -148,7 +149,8 @@ class DVLARL(FSLLearner):
             pct_start=float(p.get("warmup_fraction", 0.05)), anneal_strategy="cos")
         smooth = float(p.get("label_smoothing", 0.1))
         self.backbone.train()
-        for _ in ctx.bar(range(epochs), "dvla_rl pretraining"):
+        for epoch in ctx.bar(range(epochs), "dvla_rl pretraining"):
+            tot, n, lr = 0.0, 0, opt.param_groups[0]["lr"]
             for x, y in loader:
                 x, y = x.to(ctx.device), y.to(ctx.device)
                 loss = F.cross_entropy(head(self.backbone(x)), y, label_smoothing=smooth)
@@ -156,6 +158,9 @@ class DVLARL(FSLLearner):
                 loss.backward()
                 opt.step()
                 sched.step()
+                tot, n = tot + loss.item() * len(y), n + len(y)
+            ctx.log_epoch("pretrain", epoch, loss=tot / max(1, n), lr=lr)
+        ctx.log_selection("pretrain", epochs - 1, "last")
 
     def _meta_tune(self, train, ctx, sem, m):
         n = int(m.get("episodes", 0))
@@ -181,6 +186,7 @@ class DVLARL(FSLLearner):
         tf = ctx.train_transform
         sem.prepare(train.class_names)
         self.train()
+        blocks = EpisodeBlocks(ctx, "meta", n)
         for i in ctx.bar(range(n), "dvla_rl meta-tuning"):
             ep = sampler.sample(i, 1)
             names = [train.class_names[int(c)] for c in ep.classes[0]]
@@ -215,8 +221,11 @@ class DVLARL(FSLLearner):
             self.prev_acc = acc
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            lr = opt.param_groups[0]["lr"]
             opt.step()
             sched.step()
+            blocks.add(i, loss=loss.item(), acc=100.0 * acc, lr=lr)
+        ctx.log_selection("meta", (n - 1) // blocks.size, "last")
         self.eval()
 
     # ------------------------------------------------------------------ evaluation

@@ -48,7 +48,9 @@ def predict_all(learner: FSCILLearner, ctx: RunContext, test, idx: np.ndarray,
             f = features[torch.from_numpy(idx[s:s + 4096])].to(ctx.device)
             preds.append(learner.predict_features(f)[:, :num_seen].argmax(1).cpu())
     else:
-        for x, _ in ctx.batches(test.subset(idx), batch_size=ctx.get("eval.batch_size", 256)):
+        bs = int(ctx.get("eval.batch_size", 256))
+        for x, _ in ctx.bar(ctx.batches(test.subset(idx), batch_size=bs), "evaluation",
+                            total=-(-len(idx) // bs)):
             preds.append(learner.predict(x.to(ctx.device))[:, :num_seen].argmax(1).cpu())
     return torch.cat(preds).numpy() if preds else np.empty(0, dtype=np.int64)
 
@@ -79,6 +81,7 @@ def run_sessions(learner: FSCILLearner, bench: FSCILBenchmark, ctx: RunContext,
         start = int(state["session"]) + 1
         elapsed_before = float(state.get("elapsed_s", sum(times)))
         provenance = state.get("base_from")
+        ctx.curves.restore(state.get("curves", []))
     if resume:
         for lg in loggers:
             lg.on_resume(start)
@@ -88,6 +91,7 @@ def run_sessions(learner: FSCILLearner, bench: FSCILBenchmark, ctx: RunContext,
     for t in range(start, proto.num_sessions):
         t0 = time.perf_counter()
         seed_everything(derive_seed(ctx.seed, "session", t))
+        ctx.curves.session = t
         sess = Session(index=t, data=train.subset(proto.train_indices(t)),
                        new_classes=proto.session_classes(t), num_seen=proto.num_seen(t))
         if t == 0:
@@ -116,6 +120,7 @@ def run_sessions(learner: FSCILLearner, bench: FSCILBenchmark, ctx: RunContext,
             lg.on_session(record)
         atomic_torch_save(ckpt_path, {"session": t, "learner": learner.state_dict(),
                                       "sessions": sessions, "times": times,
+                                      "curves": ctx.curves.state(),
                                       "elapsed_s": elapsed_before + time.perf_counter() - started,
                                       "base_from": provenance})
         if t == 0:

@@ -126,16 +126,19 @@ def run_fsl(learner: FSLLearner, bench: FSLBenchmark, ctx: RunContext, run_dir: 
     t0 = time.perf_counter()
     elapsed_before = 0.0
     if resume:
-        for lg in loggers:
-            lg.on_resume(0)  # the episodes are evaluated again
+        for lg in loggers:  # the episodes are evaluated again; a finished fit (session 0) is kept
+            lg.on_resume(1 if ckpt.exists() else 0)
     if resume and ckpt.exists():
-        elapsed_before = float(restore_learner(learner, ckpt).get("elapsed_s", 0.0))
+        state = restore_learner(learner, ckpt)
+        elapsed_before = float(state.get("elapsed_s", 0.0))
+        ctx.curves.restore(state.get("curves", []))
     else:
         seed_everything(derive_seed(ctx.seed, "fit"))
         ctx.extras["val"] = bench.val
         learner.train()
         learner.fit(bench.train, ctx)
         atomic_torch_save(ckpt, {"stage": "fit", "learner": learner.state_dict(),
+                                 "curves": ctx.curves.state(),
                                  "elapsed_s": time.perf_counter() - t0})
     fit_s = time.perf_counter() - t0
     seed_everything(derive_seed(ctx.seed, "eval"))

@@ -218,6 +218,12 @@ class MambaFSCIL(FSCILLearner):
             dr = dot_regression(out["out"], y, etf, wl)
         return loss + w * dr
 
+    @staticmethod
+    def _log_pass(ctx, epoch: int, losses: list[float], lr: float) -> None:
+        """One pass over the session's training set ("epoch"): mean loss, last lr."""
+        ctx.log_epoch("incremental", epoch, loss=sum(losses) / max(1, len(losses)), lr=lr,
+                      steps=len(losses))
+
     def learn_session(self, session: Session, ctx) -> None:
         i = session.index - 1
         feats, labels = self.session_set(session)
@@ -243,10 +249,12 @@ class MambaFSCIL(FSCILLearner):
             with torch.no_grad():
                 main = torch.cat([self.neck.main(feats[s:s + 256].to(self.device))[0]
                                   for s in range(0, len(labels), 256)])
-        order, pos, losses = torch.randperm(len(labels)), 0, []
-        for step in range(1, steps + 1):
+        order, pos, losses, epoch, first = torch.randperm(len(labels)), 0, [], 0, 0
+        for step in ctx.bar(range(1, steps + 1), f"session {session.index} steps"):
             if pos + bs > len(labels):  # drop the last partial batch, reshuffle
                 order, pos = torch.randperm(len(labels)), 0
+                self._log_pass(ctx, epoch, losses[first:], cur)
+                epoch, first = epoch + 1, len(losses)
             idx = order[pos:pos + bs]
             pos += bs
             cur = cooldown_lr(step, steps, lr, o)
@@ -258,5 +266,8 @@ class MambaFSCIL(FSCILLearner):
             loss.backward()
             opt.step()
             losses.append(float(loss.detach()))
+            ctx.log_step("incremental", step - 1, loss=losses[-1], lr=cur)
+        self._log_pass(ctx, epoch, losses[first:], cur)
+        ctx.log_selection("incremental", epoch, "last")
         self.session_log.append({"session": session.index, "first_loss": losses[0],
                                  "last_loss": losses[-1], "samples": len(labels)})
