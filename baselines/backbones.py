@@ -269,7 +269,10 @@ def check_pretraining(config: dict) -> None:
 
 
 def available() -> list[str]:
-    return sorted(_BUILDERS) + ["timm/<model>"]
+    """Built-in and registered backbone names (and the timm pattern)."""
+    from fsbench.registry import BACKBONES
+
+    return sorted(set(_BUILDERS) | set(BACKBONES.names())) + ["timm/<model>"]
 
 
 def _plugin_backbone(name: str):
@@ -278,7 +281,7 @@ def _plugin_backbone(name: str):
 
     if not isinstance(name, str) or name not in BACKBONES:
         raise UserError(f"backbone.name: unknown backbone {name!r}; valid: "
-                        f"{', '.join(available() + BACKBONES.names())}")
+                        f"{', '.join(available())}")
     return BACKBONES.get(name).obj
 
 

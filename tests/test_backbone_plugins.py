@@ -24,7 +24,9 @@ class _Tiny(nn.Module):
 
 @pytest.fixture
 def tiny_registered(monkeypatch):
-    monkeypatch.setattr(backbones, "_BUILDERS", dict(backbones._BUILDERS))
+    from fsbench.registry import BACKBONES
+
+    monkeypatch.setattr(BACKBONES, "_entries", dict(BACKBONES._entries))
     register_backbone("tiny")(lambda c, hidden=64: _Tiny(c, hidden))
     return "tiny"
 
