@@ -118,13 +118,13 @@ def run_sessions(learner: FSCILLearner, bench: FSCILBenchmark, ctx: RunContext,
         sessions.append(record)
         for lg in loggers:
             lg.on_session(record)
+        if t == 0:  # before the checkpoint: a resumed run never lacks its base.pt
+            basemodel.save(run_dir, learner, base_id, ctx.config.get("method"))
         atomic_torch_save(ckpt_path, {"session": t, "learner": learner.state_dict(),
                                       "sessions": sessions, "times": times,
                                       "curves": ctx.curves.state(),
                                       "elapsed_s": elapsed_before + time.perf_counter() - started,
                                       "base_from": provenance})
-        if t == 0:
-            basemodel.save(run_dir, learner, base_id, ctx.config.get("method"))
         epochs.clear()  # the session's checkpoint supersedes its training's epoch checkpoint
         if stop_after is not None and t >= stop_after and t < proto.num_sessions - 1:
             return {"sessions": sessions, "partial": True, "times": times,
