@@ -55,9 +55,9 @@ SUBMISSION_FLAGS = ("selected_on_test", "generated_split", "nonstandard_backbone
 CELL_STATUSES = ("unverified", "unresolved", "computed")
 SOURCE_TYPES = ("fsbench-run", "manual")
 
-_SLUG = re.compile(r"^[a-z0-9][a-z0-9._+-]{0,63}$")
+_SLUG = re.compile(r"^[a-z0-9][a-z0-9._+_-]{0,63}$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+/ -]{0,63}$")
-_ID = re.compile(r"^[a-z0-9][a-z0-9._+-]*(/[a-z0-9][a-z0-9._+-]*){0,5}$")
+_ID = re.compile(r"^[a-z0-9][a-z0-9._+_-]*(/[a-z0-9][a-z0-9._+_-]*){0,5}$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _SPLIT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+/=-]{0,199}$")
 _SHOT_KEY = re.compile(r"^[1-9][0-9]{0,2}$")

@@ -29,6 +29,9 @@ def test_valid_submissions_pass():
     assert problems(submission(dataset="cifar100", backbone="resnet20", pretraining="none")) == []
     assert problems(submission(task="fsl", dataset="miniimagenet")) == []
     assert problems(submission(split_id="generated")) == []
+    # registered method names with underscores (cpe_clip, mamba_fscil, dvla_rl) are valid slugs
+    assert problems(submission(method="mamba_fscil")) == []
+    assert problems(submission(task="fsl", dataset="miniimagenet", method="dvla_rl")) == []
 
 
 def test_accuracy_outside_range_names_the_field():
