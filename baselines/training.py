@@ -1,4 +1,8 @@
-"""Supervised base-session training shared by the FSCIL learners (NCM, fine-tune, TEEN).
+"""Supervised base-session training shared by the FSCIL learners (NCM, fine-tune, TEEN, Mamba).
+
+Under torchrun it is data-parallel: ``train.batch_size`` is the total batch, split over the
+processes (:meth:`~fsbench.context.RunContext.per_rank_batch`), each process reads its shard of the
+images and the gradients are averaged (DistributedDataParallel).
 
 Backbone + cosine classifier trained with cross-entropy, SGD with momentum (Nesterov as in the
 CEC/TEEN code), weight decay, and a cosine or multi-step schedule. Model selection:
@@ -19,6 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from fsbench import distributed as dist
 from fsbench.episodes.base import ImageDataset
 from fsbench.errors import UserError
 from fsbench.trainstate import EpochCheckpoint
@@ -69,6 +74,17 @@ def accuracy(backbone: nn.Module, head: nn.Module, data: ImageDataset, ctx, num:
     return 100.0 * correct / max(1, total)
 
 
+class _Logits(nn.Module):
+    """``head(backbone(x), num_classes)`` as one module (what DistributedDataParallel wraps)."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, num_classes: int):
+        super().__init__()
+        self.backbone, self.head, self.num_classes = backbone, head, num_classes
+
+    def forward(self, x):
+        return self.head(self.backbone(x), self.num_classes)
+
+
 def train_supervised(backbone: nn.Module, head: nn.Module, data: ImageDataset, ctx,
                      t: dict, num_classes: int, desc: str = "base", loss_fn=None) -> dict:
     """Train ``head(backbone(x), num_classes)`` with cross-entropy on ``data``; returns a log.
@@ -92,32 +108,41 @@ def train_supervised(backbone: nn.Module, head: nn.Module, data: ImageDataset, c
         raise UserError(f"train.select: {select!r} is not one of val, last, test")
     params = list(backbone.parameters()) + list(head.parameters())
     opt, sched = make_optimizer(params, t, epochs)
-    loader = ctx.loader(data, train=True, batch_size=int(t.get("batch_size", 128)),
-                        drop_last=len(data) > int(t.get("batch_size", 128)))
+    total = int(t.get("batch_size", 128))
+    loader = ctx.loader(data, train=True, batch_size=ctx.per_rank_batch(total, "train.batch_size"),
+                        drop_last=len(data) > total, shard=True)
     # Per-epoch checkpoint (fsbench.trainstate): a killed run resumes at the next epoch.
     ckpt = EpochCheckpoint.of(ctx, desc)
     state = {"backbone": backbone, "head": head, "opt": opt, "sched": sched}
     start, saved = ckpt.restore(state, loader)
     best, best_acc = saved.get("best"), float(saved.get("best_acc", -1.0))
     history = list(saved.get("history", []))
+    # Under torchrun the network trains in DistributedDataParallel (gradients averaged over the
+    # processes); a custom loss_fn sees the features only, so the head stays outside.
+    net = ctx.wrap(_Logits(backbone, head, num_classes) if loss_fn is None else backbone,
+                   find_unused_parameters=loss_fn is not None)
     for epoch in ctx.bar(range(start, epochs), f"{desc} training", leave=False):
         backbone.train()
         head.train()
+        ctx.set_epoch(loader, epoch)
         tot, n = 0.0, 0
         for x, y in loader:
             x, y = x.to(ctx.device), y.to(ctx.device)
-            f = backbone(x)
-            loss = (loss_fn(f, y) if loss_fn is not None
-                    else F.cross_entropy(head(f, num_classes), y))
+            out = net(x)
+            loss = F.cross_entropy(out, y) if loss_fn is None else loss_fn(out, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             tot += loss.item() * len(y)
             n += len(y)
         sched.step()
+        # Every process continues from rank 0's state (BatchNorm statistics differ per process).
+        dist.broadcast_module(backbone)
+        dist.broadcast_module(head)
         rec = {"epoch": epoch, "loss": tot / max(1, n)}
-        if sel_data is not None:
-            rec["select_acc"] = accuracy(backbone, head, sel_data, ctx, num_classes)
+        if sel_data is not None:  # the same decision on every process: rank 0's
+            rec["select_acc"] = dist.broadcast_object(
+                accuracy(backbone, head, sel_data, ctx, num_classes))
             if rec["select_acc"] > best_acc:
                 best_acc = rec["select_acc"]
                 best = (copy.deepcopy(backbone.state_dict()), copy.deepcopy(head.state_dict()))

@@ -1,6 +1,7 @@
 """Programmatic entry point: :func:`run` does what ``fsbench run`` does and returns the result."""
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import time
@@ -9,6 +10,7 @@ from pathlib import Path
 import torch
 
 from fsbench import config as _config
+from fsbench import distributed as dist
 from fsbench import transforms as _transforms
 from fsbench.context import RunContext, derive_seed, resolve_device, seed_everything
 from fsbench.errors import UserError
@@ -112,9 +114,43 @@ def run(method: str, dataset: str, *, data_root=None, split_dir=None, preset: st
             raise UserError(f"--seed {seed}: use a whole number from 0 to 4294967295")
         cfg["seed"] = seed
     threads = _pin_threads(reproducible, threads)
+    dev = resolve_device(device or cfg.get("device"))
+    joined = dist.init(dev.type, float(_config.get(cfg, "distributed.timeout_s", None)
+                                       or dist.DEFAULT_TIMEOUT_S))
+    try:
+        if joined and dev.type == "cuda":
+            dev = torch.device("cuda", dist.local_rank())
+        if not dist.is_main():  # the other processes print errors only
+            progress, loggers = False, []
+            logging.getLogger("fsbench").setLevel(logging.ERROR)
+        return _run(method, dataset, cfg, seed, dev, data_root=data_root, split_dir=split_dir,
+                    device=device, out_dir=out_dir, resume=resume, loggers=loggers,
+                    progress=progress, stop_after=stop_after, threads=threads,
+                    reproducible=reproducible)
+    finally:
+        if joined:
+            dist.shutdown()
+
+
+def _new_run_folder(out_dir, method, dataset, record: dict) -> Path:
+    """The new run folder, made (with its run file) by rank 0 and known to every rank."""
+    made = None
+    if dist.is_main():
+        try:
+            made = new_run_dir(out_dir, method, dataset)
+            atomic_write_json(made / RUN_FILE, record)
+        except UserError as e:
+            made = e
+    made = dist.broadcast_object(made)
+    if isinstance(made, UserError):
+        raise made if dist.is_main() else dist.PeerFailure("rank 0 could not make the run folder")
+    return Path(made)
+
+
+def _run(method, dataset, cfg, seed, dev, *, data_root, split_dir, device, out_dir, resume,
+         loggers, progress, stop_after, threads, reproducible) -> dict:
     entry = METHODS.get(method)
     task = entry.task
-    dev = resolve_device(device or cfg.get("device"))
     if task == "fsl" and cfg.get("head", "none") != "none":
         from fsbench.heads import get_head
         get_head(cfg["head"], cfg)  # an unknown head fails now, not after training
@@ -136,17 +172,19 @@ def run(method: str, dataset: str, *, data_root=None, split_dir=None, preset: st
     learner = entry.obj(cfg, info).to(dev)
 
     if resume is None:
-        run_dir = new_run_dir(out_dir, method, dataset)
-        atomic_write_json(run_dir / RUN_FILE, {
+        run_dir = _new_run_folder(out_dir, method, dataset, {
             "method": method, "dataset": dataset, "seed": seed, "config": cfg,
             "data_root": str(data_root) if data_root else os.environ.get("FSBENCH_DATA"),
             "split_dir": str(split_dir) if split_dir else None,
             "device": device, "reproducible": threads if reproducible else None,
             "threads": threads, "created": now_iso()})
+    else:
+        run_dir = Path(resume)
     if loggers is None:
         loggers = [ConsoleLogger()]
-    loggers = list(loggers) + [FileLogger(run_dir / "run.log"),
-                               JSONLinesLogger(run_dir / "metrics.jsonl")]
+    if dist.is_main():
+        loggers = list(loggers) + [FileLogger(run_dir / "run.log"),
+                                   JSONLinesLogger(run_dir / "metrics.jsonl")]
     started = now_iso()
     for lg in loggers:
         lg.on_start({"method": method, "dataset": dataset, "seed": seed, "run_dir": str(run_dir),
@@ -162,7 +200,7 @@ def run(method: str, dataset: str, *, data_root=None, split_dir=None, preset: st
             metrics = run_fsl(learner, bench, ctx, run_dir, loggers, resume=resume is not None)
     except UserError:
         # A run refused before its first checkpoint leaves nothing behind.
-        if resume is None and not (run_dir / "checkpoint.pt").exists():
+        if dist.is_main() and resume is None and not (run_dir / "checkpoint.pt").exists():
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
     times = metrics.pop("times", [])
@@ -188,9 +226,12 @@ def run(method: str, dataset: str, *, data_root=None, split_dir=None, preset: st
                     ("per_session_s" if task == "fscil" else "fit_eval_s"):
                         [round(t, 3) for t in times]},
         "started": started, "finished": now_iso(), "run_dir": str(run_dir),
+        "distributed": {"world_size": dist.world_size(), "backend": dist.backend(),
+                        **ctx.extras.get("batch", {"per_rank_batch": None, "total_batch": None})},
     }
     result["flags"]["generated_split"] = bool(result["split"]["generated"])
-    atomic_write_json(run_dir / RESULT_FILE, result)
+    if dist.is_main():
+        atomic_write_json(run_dir / RESULT_FILE, result)
     if not partial:
         for lg in loggers:
             lg.on_end(result)
