@@ -137,8 +137,7 @@ def train_supervised(backbone: nn.Module, head: nn.Module, data: ImageDataset, c
             n += len(y)
         sched.step()
         # Every process continues from rank 0's state (BatchNorm statistics differ per process).
-        dist.broadcast_module(backbone)
-        dist.broadcast_module(head)
+        dist.broadcast_module(backbone, head)
         rec = {"epoch": epoch, "loss": tot / max(1, n)}
         if sel_data is not None:  # the same decision on every process: rank 0's
             rec["select_acc"] = dist.broadcast_object(

@@ -157,11 +157,11 @@ def all_reduce_sum(tensor):
     return tensor
 
 
-def broadcast_module(module) -> None:
-    """Copy rank 0's parameters and buffers into ``module`` on every rank."""
+def broadcast_module(*modules) -> None:
+    """Copy rank 0's parameters and buffers into ``modules`` on every rank."""
     if not active():
         return
-    for t in list(module.parameters()) + list(module.buffers()):
+    for t in [t for m in modules for t in list(m.parameters()) + list(m.buffers())]:
         buf = t.data if t.data.is_contiguous() else t.data.contiguous()
         _collective(_dist().broadcast, buf, src=0)
         if buf is not t.data:

@@ -100,7 +100,7 @@ def run_sessions(learner: FSCILLearner, bench: FSCILBenchmark, ctx: RunContext,
                 learner.eval()
                 sess.features = ctx.extract(learner.embed, sess.data, desc=f"session {t} shots")
             learner.learn_session(sess, ctx)
-        dist.broadcast_module(learner)  # one model everywhere, whatever each process computed
+        dist.broadcast_module(*learner.modules().values())  # rank 0's model everywhere
         if learner.frozen_after_base and test_features is None:
             learner.eval()
             test_features = ctx.extract(learner.embed, test, desc="test features")

@@ -154,7 +154,7 @@ def run_fsl(learner: FSLLearner, bench: FSLBenchmark, ctx: RunContext, run_dir: 
         ctx.extras["val"] = bench.val
         learner.train()
         learner.fit(bench.train, ctx)
-        dist.broadcast_module(learner)  # one model everywhere, whatever each process computed
+        dist.broadcast_module(*learner.modules().values())  # rank 0's model everywhere
         if dist.is_main():
             atomic_torch_save(ckpt, {"stage": "fit", "learner": learner.state_dict(),
                                      "elapsed_s": time.perf_counter() - t0})
