@@ -147,3 +147,40 @@ def test_gpu_check_parts_start_in_tiny_cpu_mode(part):
                           cwd=Path(__file__).resolve().parent.parent)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip(), "prints its measurement"
+
+
+def test_helpers_are_the_identity_in_one_process():
+    import torch
+
+    from fsbench import distributed as dist
+
+    assert (dist.world_size(), dist.rank(), dist.is_main(), dist.backend()) == (1, 0, True, None)
+    obj = {"a": [1, 2]}
+    assert dist.broadcast_object(obj) is obj and dist.all_gather_object(obj) == [obj]
+    t = torch.tensor([1.0, 2.0])
+    assert torch.equal(dist.all_reduce_sum(t), torch.tensor([1.0, 2.0]))
+    assert dist.map_in_order(lambda i: i * i, 4) == [0, 1, 4, 9]
+    assert dist.shard(range(3)) == [0, 1, 2]
+
+
+def test_per_rank_batch_splits_the_total_and_names_the_override(monkeypatch, caplog):
+    import torch
+
+    from fsbench import config
+    from fsbench import distributed as dist
+    from fsbench.api import build_context
+    from fsbench.errors import UserError
+
+    monkeypatch.setattr(dist, "world_size", lambda: 4)
+    cfg = config.resolve("ncm", "glyphs")
+    ctx = build_context(cfg, 1, torch.device("cpu"), 0, False)
+    assert ctx.per_rank_batch(128, "train.batch_size") == 32
+    assert ctx.extras["batch"] == {"per_rank_batch": 32, "total_batch": 128}
+    with pytest.raises(UserError, match=r"train.batch_size=127 .* divide by 4"):
+        ctx.per_rank_batch(127, "train.batch_size")
+    cfg = config.resolve("ncm", "glyphs", overrides=["distributed.per_rank_batch=16"])
+    ctx = build_context(cfg, 1, torch.device("cpu"), 0, False)
+    with caplog.at_level("WARNING", logger="fsbench"):
+        assert ctx.per_rank_batch(128, "train.batch_size") == 16
+    assert ctx.extras["batch"]["total_batch"] == 64
+    assert "makes the total batch 64, not train.batch_size=128" in caplog.text
