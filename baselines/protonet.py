@@ -4,14 +4,19 @@ Training: episodic, ``train.episodes`` episodes of ``train.way``-way ``train.sho
 ``train.query``-query tasks on the training classes, Adam; loss = cross-entropy over negative
 squared Euclidean distances to the class means (Eq. 1-2). Evaluation: the same rule on frozen
 features.
+
+Under torchrun (README "Scaling out") the queries of each training episode are split over the
+processes; BatchNorm then sees the support set and one share of the queries per process.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
+from fsbench import distributed as dist
 from fsbench.curves import EpisodeBlocks
 from fsbench.episodes.sampler import EpisodeSampler
+from fsbench.errors import UserError
 from fsbench.learner import DataInfo, FSLLearner
 from fsbench.registry import register_method
 
@@ -52,17 +57,26 @@ class ProtoNet(FSLLearner):
         sched = torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, int(t.get("lr_step", n))),
                                                 gamma=float(t.get("gamma", 0.5)))
         tf = ctx.train_transform
+        # Under torchrun each process embeds the whole support set and its share of the query
+        # images (the episode's way * query images are the total batch); DDP averages the
+        # gradients, which equals the gradient of the loss over all queries.
+        per = ctx.per_rank_batch(way * query, "train.way*train.query")
+        if per * dist.world_size() != way * query:
+            raise UserError("distributed.per_rank_batch does not apply to protonet's episodes "
+                            "(their queries are split over the processes); leave it null")
+        mine = slice(dist.rank() * per, (dist.rank() + 1) * per)
+        net = ctx.wrap(self.backbone)
         self.backbone.train()
         blocks = EpisodeBlocks(ctx, "episodes", n)
         for i in ctx.bar(range(n), "protonet episodes"):
             ep = sampler.sample(i, 1)
             idx = torch.cat([torch.from_numpy(ep.support.reshape(-1)),
-                             torch.from_numpy(ep.query.reshape(-1))]).numpy()
+                             torch.from_numpy(ep.query.reshape(-1)[mine])]).numpy()
             x = torch.stack([tf(train.load(int(j))) for j in idx]).to(ctx.device)
-            f = self.backbone(x)
+            f = net(x)
             fs, fq = f[: way * shot], f[way * shot:]
             sl = torch.arange(way, device=ctx.device).repeat_interleave(shot)
-            ql = torch.arange(way, device=ctx.device).repeat_interleave(query)
+            ql = torch.arange(way, device=ctx.device).repeat_interleave(query)[mine]
             logits = proto_logits(fs, sl, fq, way)
             loss = F.cross_entropy(logits, ql)
             opt.zero_grad(set_to_none=True)
@@ -73,4 +87,5 @@ class ProtoNet(FSLLearner):
             acc = 100.0 * float((logits.argmax(1) == ql).float().mean())
             blocks.add(i, loss=loss.item(), acc=acc, lr=lr)
         ctx.log_selection("episodes", (n - 1) // blocks.size, "last")
+        dist.broadcast_module(self.backbone)  # rank 0's BatchNorm statistics on every process
         self.backbone.eval()

@@ -1,4 +1,8 @@
-"""Supervised base-session training shared by the FSCIL learners (NCM, fine-tune, TEEN).
+"""Supervised base-session training shared by the FSCIL learners (NCM, fine-tune, TEEN, Mamba).
+
+Under torchrun it is data-parallel: ``train.batch_size`` is the total batch, split over the
+processes (:meth:`~fsbench.context.RunContext.per_rank_batch`), each process reads its shard of the
+images and the gradients are averaged (DistributedDataParallel).
 
 Backbone + cosine classifier trained with cross-entropy, SGD with momentum (Nesterov as in the
 CEC/TEEN code), weight decay, and a cosine or multi-step schedule. Model selection:
@@ -19,6 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from fsbench import distributed as dist
 from fsbench.episodes.base import ImageDataset
 from fsbench.errors import UserError
 from fsbench.trainstate import EpochCheckpoint
@@ -78,6 +83,17 @@ def accuracy(backbone: nn.Module, head: nn.Module, data: ImageDataset, ctx, num:
     return 100.0 * correct / max(1, total)
 
 
+class _Logits(nn.Module):
+    """``head(backbone(x), num_classes)`` as one module (what DistributedDataParallel wraps)."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, num_classes: int):
+        super().__init__()
+        self.backbone, self.head, self.num_classes = backbone, head, num_classes
+
+    def forward(self, x):
+        return self.head(self.backbone(x), self.num_classes)
+
+
 def train_supervised(backbone: nn.Module, head: nn.Module, data: ImageDataset, ctx,
                      t: dict, num_classes: int, desc: str = "base", loss_fn=None) -> dict:
     """Train ``head(backbone(x), num_classes)`` with cross-entropy on ``data``; returns a log.
@@ -103,8 +119,9 @@ def train_supervised(backbone: nn.Module, head: nn.Module, data: ImageDataset, c
     backbone.to(memory_format=fmt)
     params = list(backbone.parameters()) + list(head.parameters())
     opt, sched = make_optimizer(params, t, epochs)
-    loader = ctx.loader(data, train=True, batch_size=int(t.get("batch_size", 128)),
-                        drop_last=len(data) > int(t.get("batch_size", 128)))
+    total = int(t.get("batch_size", 128))
+    loader = ctx.loader(data, train=True, batch_size=ctx.per_rank_batch(total, "train.batch_size"),
+                        drop_last=len(data) > total, shard=True)
     # Per-epoch checkpoint (fsbench.trainstate): a killed run resumes at the next epoch.
     ckpt = EpochCheckpoint.of(ctx, desc)
     state = {"backbone": backbone, "head": head, "opt": opt, "sched": sched}
@@ -113,23 +130,28 @@ def train_supervised(backbone: nn.Module, head: nn.Module, data: ImageDataset, c
     best_epoch = saved.get("best_epoch")
     history = list(saved.get("history", []))
     acc_key = {"val": "val_acc", "test": "test_acc"}.get(select)
+    # Under torchrun the network trains in DistributedDataParallel (gradients averaged over the
+    # processes); a custom loss_fn sees the features only, so the head stays outside.
+    net = ctx.wrap(_Logits(backbone, head, num_classes) if loss_fn is None else backbone,
+                   find_unused_parameters=loss_fn is not None)
     for epoch in range(start, epochs):
         backbone.train()
         head.train()
+        ctx.set_epoch(loader, epoch)
         tot, n, correct = 0.0, 0, 0
         lr = opt.param_groups[0]["lr"]
         bar = ctx.bar(loader, f"{desc} epoch {epoch + 1}/{epochs}", total=len(loader))
         for i, (x, y) in enumerate(bar):
             x, y = x.to(ctx.device, memory_format=fmt if x.dim() == 4 else
                         torch.contiguous_format), y.to(ctx.device)
-            f = backbone(x)
+            out = net(x)
             if loss_fn is None:
-                logits = head(f, num_classes)
+                logits = out
                 loss = F.cross_entropy(logits, y)
             else:
-                loss = loss_fn(f, y)
+                loss = loss_fn(out, y)
                 with torch.no_grad():
-                    logits = head(f.detach(), num_classes)
+                    logits = head(out.detach(), num_classes)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -140,11 +162,14 @@ def train_supervised(backbone: nn.Module, head: nn.Module, data: ImageDataset, c
                             refresh=False)
             ctx.log_step(desc, epoch * len(loader) + i, loss=loss.item(), lr=lr)
         sched.step()
+        # Every process continues from rank 0's state (BatchNorm statistics differ per process).
+        dist.broadcast_module(backbone, head)
         rec = {"epoch": epoch, "loss": tot / max(1, n), "lr": lr,
                "train_acc": 100.0 * correct / max(1, n)}
-        if sel_data is not None:
-            rec["select_acc"] = accuracy(backbone, head, sel_data, ctx, num_classes,
-                                         "validation" if select == "val" else "base test")
+        if sel_data is not None:  # the same decision on every process: rank 0's
+            rec["select_acc"] = dist.broadcast_object(accuracy(
+                backbone, head, sel_data, ctx, num_classes,
+                "validation" if select == "val" else "base test"))
             if rec["select_acc"] > best_acc:
                 best_acc, best_epoch = rec["select_acc"], epoch
                 best = (copy.deepcopy(backbone.state_dict()), copy.deepcopy(head.state_dict()))

@@ -1,6 +1,8 @@
 """Programmatic entry point: :func:`run` does what ``fsbench run`` does and returns the result."""
 from __future__ import annotations
 
+import functools
+import logging
 import os
 import shlex
 import shutil
@@ -10,6 +12,7 @@ from pathlib import Path
 import torch
 
 from fsbench import config as _config
+from fsbench import distributed as dist
 from fsbench import transforms as _transforms
 from fsbench.context import (RunContext, bars_wanted, derive_seed, resolve_device,
                              seed_everything, set_progress)
@@ -98,6 +101,22 @@ def _split_identity(bench, metrics: dict, cfg: dict) -> dict:
             "shots": [int(k) for k in metrics["shots"]], "episodes": metrics["episodes"]}
 
 
+def _new_run_folder(make, record: dict) -> Path:
+    """The new run folder ``make()``, made (with its run file) by rank 0 and known to every
+    rank."""
+    made = None
+    if dist.is_main():
+        try:
+            made = make()
+            atomic_write_json(made / RUN_FILE, record)
+        except UserError as e:
+            made = e
+    made = dist.broadcast_object(made)
+    if isinstance(made, UserError):
+        raise made if dist.is_main() else dist.PeerFailure("rank 0 could not make the run folder")
+    return Path(made)
+
+
 def _pin_threads(reproducible: bool, threads) -> int | None:
     """Apply the thread count (and the reproducible mode's in-process settings); returns it."""
     from fsbench import repro
@@ -130,6 +149,19 @@ def _invocation(command, preset, overrides, cfg: dict) -> dict:
             "config_diff": _config.diff_from_preset(cfg)}
 
 
+def _leaves_process_group(fn):
+    """Under torchrun every process runs :func:`run`; it leaves the process group however the
+    run ends."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            dist.shutdown()
+    return wrapper
+
+
+@_leaves_process_group
 def run(method: str, dataset: str, *, data_root=None, split_dir=None, preset: str | None = None,
         overrides: list[str] | dict | None = None, seed: int | None = None,
         device: str | None = None, out_dir: str | Path = "runs", resume: str | Path | None = None,
@@ -211,6 +243,13 @@ def run(method: str, dataset: str, *, data_root=None, split_dir=None, preset: st
     task = entry.task
     base_from = _base_source(base_from, task)
     dev = resolve_device(device or cfg.get("device"))
+    if dist.init(dev.type, float(_config.get(cfg, "distributed.timeout_s", None)
+                                 or dist.DEFAULT_TIMEOUT_S)):  # under torchrun
+        if dev.type == "cuda":
+            dev = torch.device("cuda", dist.local_rank())
+        if not dist.is_main():  # the other processes print errors only
+            progress, loggers, named = False, [], []
+            logging.getLogger("fsbench").setLevel(logging.ERROR)
     if task == "fsl" and cfg.get("head", "none") != "none":
         from fsbench.heads import get_head
         get_head(cfg["head"], cfg)  # an unknown head fails now, not after training
@@ -233,9 +272,8 @@ def run(method: str, dataset: str, *, data_root=None, split_dir=None, preset: st
     remember_initial(learner)  # checkpoints keep what training changed (fsbench.learnerstate)
 
     if resume is None:
-        run_dir = new_run_dir(out_dir, method, dataset) if new_dir is None else \
-            named_run_dir(new_dir)
-        atomic_write_json(run_dir / RUN_FILE, {
+        run_dir = _new_run_folder(lambda: new_run_dir(out_dir, method, dataset)
+                                  if new_dir is None else named_run_dir(new_dir), {
             "method": method, "dataset": dataset, "seed": seed, "config": cfg,
             "data_root": str(data_root) if data_root else os.environ.get("FSBENCH_DATA"),
             "split_dir": str(split_dir) if split_dir else None,
@@ -245,8 +283,9 @@ def run(method: str, dataset: str, *, data_root=None, split_dir=None, preset: st
             "base_from": base_from})
     if loggers is None:
         loggers = [ConsoleLogger()]
-    loggers = list(loggers) + named + [FileLogger(run_dir / "run.log"),
-                                       JSONLinesLogger(run_dir / "metrics.jsonl")]
+    if dist.is_main():
+        loggers = list(loggers) + named + [FileLogger(run_dir / "run.log"),
+                                           JSONLinesLogger(run_dir / "metrics.jsonl")]
     ctx.curves = Curves(loggers)
     started = now_iso()
     for lg in loggers:
@@ -270,7 +309,7 @@ def run(method: str, dataset: str, *, data_root=None, split_dir=None, preset: st
         saved = any((run_dir / f).exists() for f in ("checkpoint.pt", EPOCHS_FILE))
         if isinstance(e, KeyboardInterrupt):
             e.run_dir = str(run_dir) if saved or resume is not None else None
-        if resume is None and not saved:
+        if dist.is_main() and resume is None and not saved:
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
     times = metrics.pop("times", [])
@@ -300,9 +339,12 @@ def run(method: str, dataset: str, *, data_root=None, split_dir=None, preset: st
                     ("per_session_s" if task == "fscil" else "fit_eval_s"):
                         [round(t, 3) for t in times]},
         "started": started, "finished": now_iso(), "run_dir": str(run_dir),
+        "distributed": {"world_size": dist.world_size(), "backend": dist.backend(),
+                        **ctx.extras.get("batch", {"per_rank_batch": None, "total_batch": None})},
     }
     result["flags"]["generated_split"] = bool(result["split"]["generated"])
-    atomic_write_json(run_dir / RESULT_FILE, result)
+    if dist.is_main():
+        atomic_write_json(run_dir / RESULT_FILE, result)
     if not partial:
         for lg in loggers:
             lg.on_end(result)

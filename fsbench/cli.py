@@ -56,7 +56,9 @@ def main(argv=None) -> int:
     except UserError as e:
         if debug:
             raise
-        print(f"fsbench: error: {e}", file=sys.stderr)
+        from fsbench.distributed import label
+
+        print(f"fsbench: error: {label()}{e}", file=sys.stderr)
         return UserError.exit_code
     except BrokenPipeError:  # `fsbench list | head`: the reader has what it wanted
         import os

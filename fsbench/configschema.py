@@ -84,6 +84,13 @@ class Data(_Block):
     options: dict[str, Any] = Field(default_factory=dict, description="dataset loader options")
 
 
+class Distributed(_Block):
+    timeout_s: Optional[Annotated[float, Field(gt=0, le=86_400, allow_inf_nan=False)]] = Field(
+        None, description="torchrun: seconds a process waits for the others before the run ends")
+    per_rank_batch: Optional[PosInt] = Field(
+        None, description="torchrun: images per process per step (null = total / processes)")
+
+
 class RunConfig(_Block):
     seed: Annotated[StrictInt, Field(ge=0, le=2**32 - 1)] = Field(
         0, description="random seed, 0 to 2^32-1")
@@ -107,6 +114,7 @@ class RunConfig(_Block):
     backbone: Optional[Backbone] = None
     transforms: Optional[Transforms] = None
     data: Optional[Data] = None
+    distributed: Optional[Distributed] = None
 
 
 class MethodBlock(BaseModel):

@@ -14,8 +14,10 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from fsbench import config as _config
+from fsbench import distributed as dist
 from fsbench.curves import Curves
 from fsbench.episodes.base import ArrayDataset, ImageDataset
+from fsbench.errors import UserError
 from fsbench.transforms import Pipeline
 
 log = logging.getLogger("fsbench")
@@ -80,13 +82,10 @@ def resolve_device(name: str | None) -> torch.device:
     try:
         dev = torch.device(name)
     except RuntimeError:
-        from fsbench.errors import UserError
         raise UserError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
     if dev.type not in ("cpu", "cuda"):
-        from fsbench.errors import UserError
         raise UserError(f"--device {name!r}: fsbench runs on cpu or cuda[:N]; use --device cpu")
     if dev.type == "cuda" and not torch.cuda.is_available():
-        from fsbench.errors import UserError
         raise UserError("--device cuda: no CUDA device is available here; use --device cpu")
     return dev
 
@@ -130,15 +129,71 @@ class RunContext:
 
     def loader(self, data: ImageDataset, *, train: bool, batch_size: int,
                shuffle: bool | None = None, drop_last: bool = False,
-               transform: Pipeline | None = None) -> DataLoader:
-        """A DataLoader over ``data`` with the train or test transform (seeded shuffling)."""
+               transform: Pipeline | None = None, shard: bool = False) -> DataLoader:
+        """A DataLoader over ``data`` with the train or test transform (seeded shuffling).
+
+        ``shard=True`` opts in to data parallelism: under torchrun each process gets its share of
+        ``data`` through a :class:`~torch.utils.data.DistributedSampler` seeded from the run seed
+        (call :meth:`set_epoch` every epoch), and its own augmentation random stream. Use it with
+        :meth:`wrap` and a per-process ``batch_size`` (:meth:`per_rank_batch`). In one process it
+        is the plain loader."""
         tf = transform or (self.train_transform if train else self.test_transform)
         g = torch.Generator()
         g.manual_seed(int(torch.randint(0, 2**31 - 1, (1,)).item()))
-        return DataLoader(TransformedDataset(data, tf), batch_size=batch_size,
-                          shuffle=train if shuffle is None else shuffle, drop_last=drop_last,
-                          num_workers=self.num_workers, generator=g,
+        shuffle = train if shuffle is None else shuffle
+        ds, sampler = TransformedDataset(data, tf), None
+        if shard and dist.world_size() > 1:
+            sampler = torch.utils.data.DistributedSampler(
+                ds, num_replicas=dist.world_size(), rank=dist.rank(), shuffle=shuffle,
+                seed=derive_seed(self.seed, "sampler"), drop_last=drop_last)
+            # Each process augments its images with its own random draws.
+            seed_everything(derive_seed(int(torch.randint(0, 2**31 - 1, (1,))), "rank",
+                                        dist.rank()))
+            shuffle = False
+        return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, sampler=sampler,
+                          drop_last=drop_last, num_workers=self.num_workers, generator=g,
                           pin_memory=self.device.type == "cuda")
+
+    @staticmethod
+    def set_epoch(loader: DataLoader, epoch: int) -> None:
+        """Tell a sharded loader's sampler the epoch (a new shuffle each epoch)."""
+        if hasattr(loader.sampler, "set_epoch"):
+            loader.sampler.set_epoch(epoch)
+
+    def wrap(self, module: torch.nn.Module, find_unused_parameters: bool = False):
+        """``module`` in :class:`~torch.nn.parallel.DistributedDataParallel` under torchrun
+        (gradients averaged over the processes after each backward), ``module`` itself in one
+        process. Train through the returned object; the parameters are ``module``'s own."""
+        if dist.world_size() == 1:
+            return module
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(module, device_ids=ids,
+                                       find_unused_parameters=find_unused_parameters)
+
+    def per_rank_batch(self, total: int, key: str) -> int:
+        """The batch of one process for the preset's total batch ``total`` (config ``key``).
+
+        ``total`` is split evenly over the processes; it must divide. ``distributed.per_rank_batch``
+        fixes the per-process batch instead (the total is then that times the processes, with a
+        warning when it is not the preset's). Recorded in ``result.json``."""
+        world = dist.world_size()
+        override = self.get("distributed.per_rank_batch")
+        if override:
+            per = int(override)
+            if per * world != total and dist.is_main():
+                log.warning("distributed.per_rank_batch=%d on %d process(es) makes the total "
+                            "batch %d, not %s=%d: the optimisation (and the numbers) differ from "
+                            "the preset's", per, world, per * world, key, total)
+        elif total % world:
+            raise UserError(f"{key}={total} is the total batch over all processes and does not "
+                            f"divide by {world} processes; use a multiple of {world} (--set "
+                            f"{key}=...) or another --nproc_per_node")
+        else:
+            per = total // world
+        self.extras["batch"] = {"per_rank_batch": per, "total_batch": per * world}
+        return per
 
     def batches(self, data: ImageDataset, batch_size: int = 256,
                 transform: Pipeline | None = None) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
@@ -157,11 +212,19 @@ class RunContext:
     @torch.no_grad()
     def extract(self, embed: Callable[[torch.Tensor], torch.Tensor], data: ImageDataset,
                 batch_size: int = 256, desc: str = "features") -> torch.Tensor:
-        """Features of every image of ``data`` (test transform), on the CPU, in dataset order."""
-        out = []
-        n_batches = (len(data) + batch_size - 1) // batch_size
-        for x, _ in self.bar(self.batches(data, batch_size), desc, total=n_batches):
-            out.append(embed(x.to(self.device, non_blocking=True)).float().cpu())
-        if not out:
-            return torch.empty(0)
-        return torch.cat(out)
+        """Features of every image of ``data`` (test transform), on the CPU, in dataset order.
+
+        Under torchrun batch ``b`` is computed on rank ``b mod world`` and the batches are
+        gathered: the same batches as in one process, so the same numbers, on every rank."""
+        n = len(data)
+        if dist.world_size() == 1:
+            out = [embed(x.to(self.device, non_blocking=True)).float().cpu() for x, _ in
+                   self.bar(self.batches(data, batch_size), desc, total=-(-n // batch_size))]
+            return torch.cat(out) if out else torch.empty(0)
+        def one(b):
+            idx = np.arange(b * batch_size, min(n, (b + 1) * batch_size))
+            ((x, _),) = self.batches(data.subset(idx), len(idx))
+            return embed(x.to(self.device, non_blocking=True)).float().cpu()
+
+        out = dist.map_in_order(one, -(-n // batch_size), lambda it: self.bar(it, desc))
+        return torch.cat(out) if out else torch.empty(0)

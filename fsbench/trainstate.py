@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from fsbench import distributed as dist
+
 FILE = "training.pt"
 
 
@@ -87,7 +89,9 @@ class EpochCheckpoint:
                 obj.load_state_dict(slot["objects"][name])
             if loader is not None and slot.get("loader") is not None:
                 loader.generator.set_state(slot["loader"])
-            _set_rng_state(slot["rng"])
+            ranks = slot.get("rng_ranks")
+            _set_rng_state(ranks[dist.rank()] if ranks and len(ranks) == dist.world_size()
+                           else slot["rng"])
         except (KeyError, RuntimeError, ValueError, TypeError) as e:
             raise UserError(f"{self.path} ({self.key}) does not fit this training "
                             f"({type(e).__name__}: {' '.join(str(e).split())[:200]}); delete it "
@@ -98,21 +102,29 @@ class EpochCheckpoint:
 
     def save(self, epoch: int, objects: dict[str, Any], loader=None, extra: dict | None = None
              ) -> None:
-        """Record that ``epoch`` epochs are done, with everything needed to continue."""
+        """Record that ``epoch`` epochs are done, with everything needed to continue.
+
+        Under torchrun every process calls it (the random states of all processes are gathered:
+        each augments with its own) and rank 0 writes the file."""
         if self.path is None:
             return
         from fsbench.results import atomic_torch_save
 
+        ranks = dist.all_gather_object(_rng_state())
+        if not dist.is_main():
+            return
         slots = self._load_all()
         slots[self.key] = {
             "epoch": int(epoch),
             "objects": {name: obj.state_dict() for name, obj in objects.items()},
             "loader": loader.generator.get_state() if loader is not None
             and loader.generator is not None else None,
-            "rng": _rng_state(), "extra": dict(extra or {}),
+            "rng": ranks[0], "extra": dict(extra or {}),
             "curves": self.curves.state(self.curves.session) if self.curves is not None else []}
+        if len(ranks) > 1:
+            slots[self.key]["rng_ranks"] = ranks
         atomic_torch_save(self.path, slots)
 
     def clear(self) -> None:
-        if self.path is not None:
+        if self.path is not None and dist.is_main():
             self.path.unlink(missing_ok=True)

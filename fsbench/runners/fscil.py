@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from fsbench import basemodel
+from fsbench import distributed as dist
 from fsbench.context import RunContext, derive_seed, seed_everything
 from fsbench.episodes.base import FSCILBenchmark
 from fsbench.learner import FSCILLearner, Session
@@ -41,17 +42,23 @@ def remap(bench: FSCILBenchmark):
 @torch.no_grad()
 def predict_all(learner: FSCILLearner, ctx: RunContext, test, idx: np.ndarray,
                 features: torch.Tensor | None, num_seen: int) -> np.ndarray:
+    """Predicted class positions of the test images ``idx``, in order. Under torchrun batch ``b``
+    is predicted on rank ``b mod world`` (the batches of one process, so the same predictions)."""
     learner.eval()
-    preds = []
-    if features is not None:
-        for s in range(0, len(idx), 4096):
-            f = features[torch.from_numpy(idx[s:s + 4096])].to(ctx.device)
-            preds.append(learner.predict_features(f)[:, :num_seen].argmax(1).cpu())
-    else:
-        bs = int(ctx.get("eval.batch_size", 256))
-        for x, _ in ctx.bar(ctx.batches(test.subset(idx), batch_size=bs), "evaluation",
-                            total=-(-len(idx) // bs)):
-            preds.append(learner.predict(x.to(ctx.device))[:, :num_seen].argmax(1).cpu())
+    size = 4096 if features is not None else int(ctx.get("eval.batch_size", 256))
+
+    def one(b):
+        part = idx[b * size:(b + 1) * size]
+        if features is not None:
+            out = learner.predict_features(features[torch.from_numpy(part)].to(ctx.device))
+        else:
+            ((x, _),) = ctx.batches(test.subset(part), batch_size=len(part))
+            out = learner.predict(x.to(ctx.device))
+        return out[:, :num_seen].argmax(1).cpu()
+
+    bar = (lambda it: it) if features is not None else \
+        (lambda it: ctx.bar(it, "evaluation"))
+    preds = dist.map_in_order(one, -(-len(idx) // size), bar)
     return torch.cat(preds).numpy() if preds else np.empty(0, dtype=np.int64)
 
 
@@ -70,7 +77,7 @@ def run_sessions(learner: FSCILLearner, bench: FSCILBenchmark, ctx: RunContext,
     times: list[float] = []
     start = 0
     epochs = ctx.extras["epochs"] = EpochCheckpoint(Path(run_dir) / EPOCHS_FILE)
-    if resume:
+    if resume and dist.is_main():
         remove_stale_temporaries(run_dir)
     elapsed_before = 0.0  # seconds of earlier processes of this run, up to their checkpoint
     started = time.perf_counter()
@@ -106,6 +113,7 @@ def run_sessions(learner: FSCILLearner, bench: FSCILBenchmark, ctx: RunContext,
                 learner.eval()
                 sess.features = ctx.extract(learner.embed, sess.data, desc=f"session {t} shots")
             learner.learn_session(sess, ctx)
+        dist.broadcast_module(*learner.modules().values())  # rank 0's model everywhere
         if learner.frozen_after_base and test_features is None:
             learner.eval()
             test_features = ctx.extract(learner.embed, test, desc="test features")
@@ -118,14 +126,15 @@ def run_sessions(learner: FSCILLearner, bench: FSCILBenchmark, ctx: RunContext,
         sessions.append(record)
         for lg in loggers:
             lg.on_session(record)
-        if t == 0:  # before the checkpoint: a resumed run never lacks its base.pt
-            basemodel.save(run_dir, learner, base_id, ctx.config.get("method"))
-        atomic_torch_save(ckpt_path, {"session": t, "learner": learner.state_dict(),
-                                      "sessions": sessions, "times": times,
-                                      "curves": ctx.curves.state(),
-                                      "elapsed_s": elapsed_before + time.perf_counter() - started,
-                                      "base_from": provenance})
-        epochs.clear()  # the session's checkpoint supersedes its training's epoch checkpoint
+        if dist.is_main():  # every rank holds the same learner; rank 0 writes it
+            if t == 0:  # before the checkpoint: a resumed run never lacks its base.pt
+                basemodel.save(run_dir, learner, base_id, ctx.config.get("method"))
+            atomic_torch_save(ckpt_path, {"session": t, "learner": learner.state_dict(),
+                                          "sessions": sessions, "times": times,
+                                          "curves": ctx.curves.state(),
+                                          "elapsed_s": elapsed_before + time.perf_counter() - started,
+                                          "base_from": provenance})
+            epochs.clear()  # the session's checkpoint supersedes its training's epoch checkpoint
         if stop_after is not None and t >= stop_after and t < proto.num_sessions - 1:
             return {"sessions": sessions, "partial": True, "times": times,
                     "elapsed_before_s": elapsed_before, "base_from": provenance}

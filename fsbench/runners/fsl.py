@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fsbench import distributed as dist
 from fsbench.context import RunContext, derive_seed, seed_everything
 from fsbench.episodes.base import ArrayDataset, FSLBenchmark, ImageDataset
 from fsbench.episodes.sampler import EpisodeSampler, load_manifest, save_manifest
@@ -52,7 +53,20 @@ def eval_settings(ctx: RunContext) -> tuple[int, list[int], int, int]:
 
 def prepare_episodes(test: ImageDataset, ctx: RunContext, run_dir: Path):
     """The fixed test episodes: loaded from ``eval.manifest`` / the run's manifest, or drawn once
-    (with the largest shot) and saved."""
+    (with the largest shot) and saved. Under torchrun rank 0 prepares them for every rank."""
+    made = None
+    if dist.is_main():
+        try:
+            made = _prepare_episodes(test, ctx, run_dir)
+        except UserError as e:
+            made = e
+    made = dist.broadcast_object(made)
+    if isinstance(made, UserError):
+        raise made if dist.is_main() else dist.PeerFailure("rank 0 could not prepare the episodes")
+    return made
+
+
+def _prepare_episodes(test: ImageDataset, ctx: RunContext, run_dir: Path):
     ev = ctx.config.get("eval", {})
     way, shots, query, n_episodes = eval_settings(ctx)
     manifest_path = Path(ev.get("manifest") or Path(run_dir) / MANIFEST)
@@ -85,8 +99,9 @@ def evaluate(learner: FSLLearner, test: ImageDataset, ctx: RunContext, run_dir: 
     out = {}
     for k in shots:
         eps = episodes.with_shot(k)
-        accs = []
-        for s in ctx.bar(range(0, n_episodes, chunk), f"{k}-shot episodes"):
+
+        def one(c, eps=eps, k=k):
+            s = c * chunk
             sup = eps.support[s:s + chunk].reshape(len(eps.support[s:s + chunk]), -1)
             qry = eps.query[s:s + chunk].reshape(len(eps.query[s:s + chunk]), -1)
             e = len(sup)
@@ -109,8 +124,12 @@ def evaluate(learner: FSLLearner, test: ImageDataset, ctx: RunContext, run_dir: 
                 bad = s + int((~torch.isfinite(logits)).flatten(1).any(1).nonzero()[0])
                 raise UserError(f"{ctx.config['method']}: non-finite logits in episode {bad}; "
                                 f"check the features (NaN/inf) or lower the learning rate")
-            acc = (logits.argmax(-1).cpu() == ql).float().mean(1) * 100
-            accs.extend(acc.tolist())
+            return ((logits.argmax(-1).cpu() == ql).float().mean(1) * 100).tolist()
+
+        # Chunk c of episodes on rank c mod world: the chunks of one process, so the same numbers.
+        parts = dist.map_in_order(one, -(-n_episodes // chunk),
+                                  lambda it, k=k: ctx.bar(it, f"{k}-shot episodes"))
+        accs = [a for part in parts for a in part]
         mean, ci = mean_ci95(accs)
         rec = {"mean": mean, "ci95": ci, "n_episodes": len(accs), "per_episode": accs}
         out[str(k)] = rec
@@ -137,9 +156,11 @@ def run_fsl(learner: FSLLearner, bench: FSLBenchmark, ctx: RunContext, run_dir: 
         ctx.extras["val"] = bench.val
         learner.train()
         learner.fit(bench.train, ctx)
-        atomic_torch_save(ckpt, {"stage": "fit", "learner": learner.state_dict(),
-                                 "curves": ctx.curves.state(),
-                                 "elapsed_s": time.perf_counter() - t0})
+        dist.broadcast_module(*learner.modules().values())  # rank 0's model everywhere
+        if dist.is_main():
+            atomic_torch_save(ckpt, {"stage": "fit", "learner": learner.state_dict(),
+                                     "curves": ctx.curves.state(),
+                                     "elapsed_s": time.perf_counter() - t0})
     fit_s = time.perf_counter() - t0
     seed_everything(derive_seed(ctx.seed, "eval"))
     metrics = evaluate(learner, bench.test, ctx, run_dir, loggers, episodes)

@@ -170,7 +170,7 @@ class MambaFSCIL(FSCILLearner):
         etf = self.head.etf
 
         def loss_fn(f, y):
-            return weight * dot_regression(f, y, etf, with_len)
+            return weight * dot_regression(f, y, etf, with_len, global_batch=True)
         self.neck.use_inc = False
         self.base_log = train_supervised(_Trunk(self.backbone, self.neck), self.head,
                                          session.data, ctx, t, self.info.num_base,

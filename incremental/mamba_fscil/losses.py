@@ -21,6 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from fsbench import distributed as dist
+
 
 def simplex_etf(dim: int, num_classes: int, seed: int = 0) -> torch.Tensor:
     """A ``(dim, num_classes)`` simplex equiangular tight frame (fixed, deterministic in ``seed``)."""
@@ -46,22 +48,30 @@ class ETFHead(nn.Module):
         return F.normalize(f, dim=-1) @ w
 
 
-def length_rect(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """``with_len`` scaling: ``sqrt(gamma / count_c)`` for classes in the batch, 1 elsewhere."""
-    classes, counts = torch.unique(labels, return_counts=True)
-    gamma = labels.numel() / classes.numel()
+def length_rect(labels: torch.Tensor, num_classes: int, global_batch: bool = False
+                ) -> torch.Tensor:
+    """``with_len`` scaling: ``sqrt(gamma / count_c)`` for classes in the batch, 1 elsewhere.
+
+    ``global_batch``: under torchrun, count over the batches of all processes (the preset's total
+    batch, as in one process) with :func:`fsbench.distributed.all_reduce_sum`."""
+    counts = torch.bincount(labels, minlength=num_classes)
+    if global_batch:
+        counts = dist.all_reduce_sum(counts)
+    present = counts > 0
+    gamma = int(counts.sum()) / int(present.sum())
     rect = torch.ones(num_classes, device=labels.device)
-    rect[classes] = torch.sqrt(gamma / counts.float())
+    rect[present] = torch.sqrt(gamma / counts[present].float())
     return rect
 
 
 def dot_regression(f: torch.Tensor, labels: torch.Tensor, etf: torch.Tensor,
-                   with_len: bool = False) -> torch.Tensor:
-    """NC-FSCIL's DR loss (without its ``loss_weight``)."""
+                   with_len: bool = False, global_batch: bool = False) -> torch.Tensor:
+    """NC-FSCIL's DR loss (without its ``loss_weight``); ``global_batch`` as in
+    :func:`length_rect`."""
     h = F.normalize(f, dim=-1)
     target = etf[:, labels].t()
     if with_len:
-        target = target * length_rect(labels, etf.shape[1])[labels, None]
+        target = target * length_rect(labels, etf.shape[1], global_batch)[labels, None]
         m = target.norm(dim=1)
     else:
         m = torch.ones(len(labels), device=f.device)
