@@ -117,7 +117,8 @@ def test_resume_logs_each_session_once_and_sums_process_times(tmp_path):
     stale = {**recs[-1], "session": 4, "acc": -1.0}
     log.write_text(log.read_text() + json.dumps(stale) + "\n" + '{"kind": "sess')  # + torn line
     resumed = api.run(None, None, resume=part["run_dir"], progress=False)
-    sessions = [json.loads(x)["session"] for x in log.read_text().splitlines()]
+    sessions = [r["session"] for r in map(json.loads, log.read_text().splitlines())
+                if r["kind"] == "session"]
     assert sessions == list(range(len(resumed["metrics"]["sessions"])))
     first = sum(s["seconds"] for s in resumed["metrics"]["sessions"][:4])
     assert resumed["timings"]["total_s"] >= first
