@@ -12,6 +12,7 @@ from fsbench.errors import UserError
 _COMMAND_MODULES = (
     "fsbench.commands",
     "fsbench.datacmd",
+    "fsbench.extras",
     "fsbench.leaderboard.cli",
 )
 
