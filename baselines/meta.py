@@ -140,7 +140,7 @@ class GradientMetaLearner(FSLLearner):
     def wrap(self, l2l, module: nn.Module) -> nn.Module:
         """The learn2learn algorithm around the adapted part of the network."""
         return l2l.algorithms.MAML(module, lr=float(self.opt["inner_lr"]),
-                                        first_order=self.opt["first_order"])
+                                   first_order=self.opt["first_order"])
 
     # -- adaptation ----------------------------------------------------------------------------
     def _features(self, x):
