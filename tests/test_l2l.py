@@ -143,7 +143,8 @@ def test_maml_glyphs_end_to_end(l2l, tmp_path):
     """The glyphs preset on a tiny budget: trains, adapts on the fixed episodes with gradients
     (the runner's needs_grad_at_eval), and is above chance (20%) by 5 points at 5 shots."""
     r = api.run("maml", "glyphs", out_dir=tmp_path, progress=False,
-                overrides={"train.iterations": 8, "eval.episodes": 20, "maml.steps_test": 5})
+                overrides={"train.iterations": 4, "train.meta_batch": 2, "eval.episodes": 20,
+                           "maml.steps_test": 5})
     shots = r["metrics"]["shots"]
     assert set(shots) == {"1", "5"} and shots["5"]["n_episodes"] == 20
     assert shots["5"]["mean"] > 25.0, shots
