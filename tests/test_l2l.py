@@ -149,3 +149,12 @@ def test_maml_glyphs_end_to_end(l2l, tmp_path):
     assert set(shots) == {"1", "5"} and shots["5"]["n_episodes"] == 20
     assert shots["5"]["mean"] > 25.0, shots
     assert r["config"]["maml"]["first_order"] is False
+
+
+def test_install_extra_does_nothing_when_learn2learn_imports(l2l, capsys):
+    from fsbench import extras
+
+    assert extras.install("learn2learn") is False
+    assert "nothing to do" in capsys.readouterr().out
+    with pytest.raises(UserError, match="unknown extra 'gym'"):
+        extras.install("gym")
