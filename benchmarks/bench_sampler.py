@@ -165,7 +165,8 @@ def bench_materialize(quick: bool) -> None:
         import learn2learn as l2l
         from learn2learn.data.transforms import KShots, LoadData, NWays, RemapLabels
     except Exception as e:  # ImportError, or a broken build (learn2learn's Cython on new Pythons)
-        print(f"   learn2learn not installed (pip install fsbench[l2l]) [{type(e).__name__}: {e}]")
+        print(f"   learn2learn not installed (fsbench install-extra learn2learn) "
+              f"[{type(e).__name__}: {e}]")
     else:
         by_class = {int(c): np.flatnonzero(labels == c).tolist() for c in range(n_cls)}
         meta = l2l.data.MetaDataset(view, labels_to_indices=by_class)

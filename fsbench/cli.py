@@ -13,6 +13,7 @@ _COMMAND_MODULES = (
     "fsbench.commands",
     "fsbench.datacmd",
     "fsbench.sweep",
+    "fsbench.extras",
     "fsbench.leaderboard.cli",
 )
 

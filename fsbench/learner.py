@@ -122,6 +122,9 @@ class FSLLearner(Learner):
     #: ``predict_episodes`` takes ``class_names`` (the names of each episode's classes, in label
     #: order): semantic side information about the support classes, never the query labels.
     uses_class_names = False
+    #: ``predict_episodes`` needs autograd (it adapts to each episode with gradient steps, e.g.
+    #: MAML); the runner then evaluates with gradients enabled instead of ``torch.no_grad()``.
+    needs_grad_at_eval = False
 
     def fit(self, train: ImageDataset, ctx) -> None:
         """Optional (pre)training on the base split; default: nothing."""

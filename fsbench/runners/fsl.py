@@ -6,7 +6,9 @@ shot is evaluated on identical episodes; a k-shot task keeps the first k support
 Learners with ``embed`` are evaluated on features extracted once per test image. Learners that
 set ``uses_class_names`` (methods with class semantics, e.g. DVLA-RL) also get the names of each
 episode's classes in label order: the support labels are known in few-shot learning, and a name is
-side information about a support class; the query labels are never passed.
+side information about a support class; the query labels are never passed. Evaluation runs
+under ``torch.no_grad()`` except for learners that declare ``needs_grad_at_eval`` (they adapt to
+each episode with gradient steps, e.g. MAML).
 """
 from __future__ import annotations
 
@@ -95,6 +97,7 @@ def evaluate(learner: FSLLearner, test: ImageDataset, ctx: RunContext, run_dir: 
                         f"features")
     predict = head or learner.predict_episodes
     with_names = head is None and bool(getattr(learner, "uses_class_names", False))
+    needs_grad = head is None and bool(getattr(learner, "needs_grad_at_eval", False))
     chunk = int(ctx.get("eval.episodes_per_batch", 100))
     out = {}
     for k in shots:
@@ -115,7 +118,7 @@ def evaluate(learner: FSLLearner, test: ImageDataset, ctx: RunContext, run_dir: 
             if with_names:
                 kw["class_names"] = [[test.class_names[int(c)] for c in row]
                                      for row in eps.classes[s:s + chunk]]
-            with torch.no_grad():
+            with torch.enable_grad() if needs_grad else torch.no_grad():
                 try:
                     logits = predict(xs.to(ctx.device), sl.to(ctx.device), xq.to(ctx.device), **kw)
                 except EpisodeError as e:  # position in this chunk -> global episode index
