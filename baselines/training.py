@@ -63,10 +63,12 @@ def accuracy(backbone: nn.Module, head: nn.Module, data: ImageDataset, ctx, num:
              desc: str = "validation") -> float:
     backbone.eval()
     correct = total = 0
-    for x, y in ctx.bar(ctx.batches(data, 512), desc, total=-(-len(data) // 512)):
-        pred = head(backbone(x.to(ctx.device)), num).argmax(1).cpu()
-        correct += int((pred == y).sum())
-        total += len(y)
+    with ctx.bar(None, desc, total=-(-len(data) // 512)) as bar:
+        for x, y in ctx.batches(data, 512):  # not wrapped: see train_supervised
+            pred = head(backbone(x.to(ctx.device)), num).argmax(1).cpu()
+            correct += int((pred == y).sum())
+            total += len(y)
+            bar.update()
     return 100.0 * correct / max(1, total)
 
 
@@ -108,29 +110,33 @@ def train_supervised(backbone: nn.Module, head: nn.Module, data: ImageDataset, c
         head.train()
         tot, n, correct = 0.0, 0, 0
         lr = opt.param_groups[0]["lr"]
-        bar = ctx.bar(loader, f"{desc} epoch {epoch + 1}/{epochs}", total=len(loader))
-        for i, (x, y) in enumerate(bar):
+        # The bar is advanced by hand: wrapping the loader in it keeps the last batch alive a
+        # little longer, which changes later allocations and so the numbers of the reproducible
+        # CPU mode.
+        bar = ctx.bar(None, f"{desc} epoch {epoch + 1}/{epochs}", total=len(loader))
+        for i, (x, y) in enumerate(loader):
             x, y = x.to(ctx.device), y.to(ctx.device)
             f = backbone(x)
-            if loss_fn is None:
-                logits = head(f, num_classes)
-                loss = F.cross_entropy(logits, y)
-            else:
-                loss = loss_fn(f, y)
-                with torch.no_grad():
-                    logits = head(f.detach(), num_classes)
+            # A loss_fn (Mamba-FSCIL) gets no running accuracy: an extra head forward here
+            # changes its numbers in the reproducible CPU mode (allocation-dependent kernels).
+            logits = head(f, num_classes) if loss_fn is None else None
+            loss = F.cross_entropy(logits, y) if loss_fn is None else loss_fn(f, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             tot += loss.item() * len(y)
             n += len(y)
-            correct += int((logits.argmax(1) == y).sum())
-            bar.set_postfix(loss=f"{tot / n:.4f}", acc=f"{100.0 * correct / n:.1f}",
-                            refresh=False)
+            if logits is not None:
+                correct += int((logits.argmax(1) == y).sum())
+            bar.set_postfix(loss=f"{tot / n:.4f}", refresh=False,
+                            **({"acc": f"{100.0 * correct / n:.1f}"} if logits is not None else {}))
+            bar.update()
             ctx.log_step(desc, epoch * len(loader) + i, loss=loss.item(), lr=lr)
+        bar.close()
         sched.step()
-        rec = {"epoch": epoch, "loss": tot / max(1, n), "lr": lr,
-               "train_acc": 100.0 * correct / max(1, n)}
+        rec = {"epoch": epoch, "loss": tot / max(1, n), "lr": lr}
+        if loss_fn is None:
+            rec["train_acc"] = 100.0 * correct / max(1, n)
         if sel_data is not None:
             rec["select_acc"] = accuracy(backbone, head, sel_data, ctx, num_classes,
                                          "validation" if select == "val" else "base test")
@@ -138,7 +144,8 @@ def train_supervised(backbone: nn.Module, head: nn.Module, data: ImageDataset, c
                 best_acc, best_epoch = rec["select_acc"], epoch
                 best = (copy.deepcopy(backbone.state_dict()), copy.deepcopy(head.state_dict()))
         history.append(rec)
-        ctx.log_epoch(desc, epoch, loss=rec["loss"], train_acc=rec["train_acc"], lr=lr,
+        ctx.log_epoch(desc, epoch, **{k: v for k, v in rec.items() if k not in
+                                      ("epoch", "select_acc")},
                       **({acc_key: rec["select_acc"]} if "select_acc" in rec else {}))
         ckpt.save(epoch + 1, state, loader, {"best": best, "best_acc": best_acc,
                                              "best_epoch": best_epoch, "history": history})

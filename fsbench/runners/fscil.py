@@ -48,9 +48,10 @@ def predict_all(learner: FSCILLearner, ctx: RunContext, test, idx: np.ndarray,
             preds.append(learner.predict_features(f)[:, :num_seen].argmax(1).cpu())
     else:
         bs = int(ctx.get("eval.batch_size", 256))
-        for x, _ in ctx.bar(ctx.batches(test.subset(idx), batch_size=bs), "evaluation",
-                            total=-(-len(idx) // bs)):
-            preds.append(learner.predict(x.to(ctx.device))[:, :num_seen].argmax(1).cpu())
+        with ctx.bar(None, "evaluation", total=-(-len(idx) // bs)) as bar:  # advanced by hand
+            for x, _ in ctx.batches(test.subset(idx), batch_size=bs):
+                preds.append(learner.predict(x.to(ctx.device))[:, :num_seen].argmax(1).cpu())
+                bar.update()
     return torch.cat(preds).numpy() if preds else np.empty(0, dtype=np.int64)
 
 
