@@ -36,13 +36,17 @@ class Finetune(PrototypeFSCIL):
         epochs = int(ft.get("epochs", 10))
         for epoch in range(epochs):
             tot = n = 0
-            for x, y in ctx.bar(loader, f"session {session.index} epoch {epoch + 1}/{epochs}"):
+            bar = ctx.bar(None, f"session {session.index} epoch {epoch + 1}/{epochs}",
+                          total=len(loader))  # advanced by hand, see train_supervised
+            for x, y in loader:
                 x, y = x.to(ctx.device), y.to(ctx.device)
                 loss = F.cross_entropy(self.classifier(self.backbone(x), self.num_seen), y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 tot, n = tot + loss.item() * len(y), n + len(y)
+                bar.update()
+            bar.close()
             ctx.log_epoch("finetune", epoch, loss=tot / max(1, n), lr=opt.param_groups[0]["lr"])
         ctx.log_selection("finetune", epochs - 1 if epochs > 0 else None, "last")
         self.eval()

@@ -76,10 +76,12 @@ def accuracy(backbone: nn.Module, head: nn.Module, data: ImageDataset, ctx, num:
              desc: str = "validation") -> float:
     backbone.eval()
     correct = total = 0
-    for x, y in ctx.bar(ctx.batches(data, 512), desc, total=-(-len(data) // 512)):
-        pred = head(backbone(x.to(ctx.device)), num).argmax(1).cpu()
-        correct += int((pred == y).sum())
-        total += len(y)
+    with ctx.bar(None, desc, total=-(-len(data) // 512)) as bar:
+        for x, y in ctx.batches(data, 512):  # not wrapped: see train_supervised
+            pred = head(backbone(x.to(ctx.device)), num).argmax(1).cpu()
+            correct += int((pred == y).sum())
+            total += len(y)
+            bar.update()
     return 100.0 * correct / max(1, total)
 
 
@@ -133,39 +135,48 @@ def train_supervised(backbone: nn.Module, head: nn.Module, data: ImageDataset, c
     # Under torchrun the network trains in DistributedDataParallel (gradients averaged over the
     # processes); a custom loss_fn sees the features only, so the head stays outside.
     net = ctx.wrap(_Logits(backbone, head, num_classes) if loss_fn is None else backbone,
-                   find_unused_parameters=loss_fn is not None)
+                   find_unused_parameters=loss_fn is not None) if dist.world_size() > 1 else None
     for epoch in range(start, epochs):
         backbone.train()
         head.train()
         ctx.set_epoch(loader, epoch)
         tot, n, correct = 0.0, 0, 0
         lr = opt.param_groups[0]["lr"]
-        bar = ctx.bar(loader, f"{desc} epoch {epoch + 1}/{epochs}", total=len(loader))
-        for i, (x, y) in enumerate(bar):
+        # The bar is advanced by hand: wrapping the loader in it keeps the last batch alive a
+        # little longer, which changes later allocations and so the numbers of the reproducible
+        # CPU mode. For the same reason one process keeps the original sequence of calls (and
+        # tensor lifetimes); DistributedDataParallel is used under torchrun only.
+        bar = ctx.bar(None, f"{desc} epoch {epoch + 1}/{epochs}", total=len(loader))
+        for i, (x, y) in enumerate(loader):
             x, y = x.to(ctx.device, memory_format=fmt if x.dim() == 4 else
                         torch.contiguous_format), y.to(ctx.device)
-            out = net(x)
-            if loss_fn is None:
-                logits = out
-                loss = F.cross_entropy(logits, y)
+            if net is not None:
+                out = net(x)
+                f, logits = (None, out) if loss_fn is None else (out, None)
             else:
-                loss = loss_fn(out, y)
-                with torch.no_grad():
-                    logits = head(out.detach(), num_classes)
+                f = backbone(x)
+                # A loss_fn (Mamba-FSCIL) gets no running accuracy: an extra head forward here
+                # changes its numbers in the reproducible CPU mode (allocation-dependent kernels).
+                logits = head(f, num_classes) if loss_fn is None else None
+            loss = F.cross_entropy(logits, y) if loss_fn is None else loss_fn(f, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             tot += loss.item() * len(y)
             n += len(y)
-            correct += int((logits.argmax(1) == y).sum())
-            bar.set_postfix(loss=f"{tot / n:.4f}", acc=f"{100.0 * correct / n:.1f}",
-                            refresh=False)
+            if logits is not None:
+                correct += int((logits.argmax(1) == y).sum())
+            bar.set_postfix(loss=f"{tot / n:.4f}", refresh=False,
+                            **({"acc": f"{100.0 * correct / n:.1f}"} if logits is not None else {}))
+            bar.update()
             ctx.log_step(desc, epoch * len(loader) + i, loss=loss.item(), lr=lr)
+        bar.close()
         sched.step()
         # Every process continues from rank 0's state (BatchNorm statistics differ per process).
         dist.broadcast_module(backbone, head)
-        rec = {"epoch": epoch, "loss": tot / max(1, n), "lr": lr,
-               "train_acc": 100.0 * correct / max(1, n)}
+        rec = {"epoch": epoch, "loss": tot / max(1, n), "lr": lr}
+        if loss_fn is None:
+            rec["train_acc"] = 100.0 * correct / max(1, n)
         if sel_data is not None:  # the same decision on every process: rank 0's
             rec["select_acc"] = dist.broadcast_object(accuracy(
                 backbone, head, sel_data, ctx, num_classes,
@@ -174,7 +185,8 @@ def train_supervised(backbone: nn.Module, head: nn.Module, data: ImageDataset, c
                 best_acc, best_epoch = rec["select_acc"], epoch
                 best = (copy.deepcopy(backbone.state_dict()), copy.deepcopy(head.state_dict()))
         history.append(rec)
-        ctx.log_epoch(desc, epoch, loss=rec["loss"], train_acc=rec["train_acc"], lr=lr,
+        ctx.log_epoch(desc, epoch, **{k: v for k, v in rec.items() if k not in
+                                      ("epoch", "select_acc")},
                       **({acc_key: rec["select_acc"]} if "select_acc" in rec else {}))
         ckpt.save(epoch + 1, state, loader, {"best": best, "best_acc": best_acc,
                                              "best_epoch": best_epoch, "history": history})
