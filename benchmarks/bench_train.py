@@ -7,7 +7,7 @@ Each variant trains the TEEN glyphs preset (Conv4, batch 128, the train transfor
 pools are per process); the variants run in interleaved rounds and the best round is shown:
 
 * ``baseline``      - glibc's default malloc, NCHW (what fsbench did before issue 17);
-* ``malloc``        - :func:`fsbench.memory.keep_freed_memory` (what ``fsbench run`` now does);
+* ``malloc``        - :func:`fsbench.memory.keep_freed_memory` (opt-in: ``FSBENCH_MALLOC=keep``);
 * ``channels_last`` - NHWC convolutions (config key ``channels_last``, opt-in);
 * ``both``          - the two together;
 * ``1 thread``      - ``malloc`` at one thread, to say which thread count to choose.

@@ -22,8 +22,12 @@ def fresh(monkeypatch):
     return memory
 
 
-def test_opt_out_leaves_malloc_alone(fresh, monkeypatch):
-    monkeypatch.setenv(memory.ENV, "system")
+@pytest.mark.parametrize("value", ["system", None])  # None: the default
+def test_default_and_opt_out_leave_malloc_alone(fresh, monkeypatch, value):
+    if value is None:
+        monkeypatch.delenv(memory.ENV, raising=False)
+    else:
+        monkeypatch.setenv(memory.ENV, value)
     calls = []
     monkeypatch.setattr(memory.ctypes, "CDLL", lambda *a, **k: calls.append(a))
     assert fresh.keep_freed_memory() == "system"
@@ -38,7 +42,7 @@ def test_bad_choice_is_one_line(fresh, monkeypatch):
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt is Linux-only")
 def test_settings_are_applied_once(fresh, monkeypatch):
-    monkeypatch.delenv(memory.ENV, raising=False)
+    monkeypatch.setenv(memory.ENV, "keep")
     seen = []
     monkeypatch.setattr(memory.ctypes, "CDLL",
                         lambda *a, **k: fake_libc(lambda k, v: seen.append((k, v)) or 1))
@@ -49,7 +53,7 @@ def test_settings_are_applied_once(fresh, monkeypatch):
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt is Linux-only")
 def test_refused_setting_is_reported(fresh, monkeypatch):
-    monkeypatch.delenv(memory.ENV, raising=False)
+    monkeypatch.setenv(memory.ENV, "keep")
     monkeypatch.setattr(memory.ctypes, "CDLL", lambda *a, **k: fake_libc(
         lambda k, v: 0 if k == memory.M_MMAP_THRESHOLD else 1))
     assert fresh.keep_freed_memory() == "unavailable"
