@@ -2,6 +2,7 @@
 epoch / session lines that stay, the run folder at the start, the end and in the Ctrl-C hint."""
 import io
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -56,14 +57,24 @@ def test_progress_bars_lines_and_run_folder(tmp_path, capsys):
 
 
 def test_ctrl_c_names_the_run_folder_to_resume(tmp_path, capsys, monkeypatch):
+    """Ctrl-C after a checkpoint names the folder to resume; before the first checkpoint nothing
+    is kept (the folder is removed) and the message says so."""
     from fsbench.runners import fscil
 
-    def interrupted(*a, **k):
+    def interrupted(learner, bench, ctx, run_dir, *a, **k):
+        (Path(run_dir) / "checkpoint.pt").write_bytes(b"")  # a session was checkpointed
         raise KeyboardInterrupt
     monkeypatch.setattr(fscil, "run_sessions", interrupted)
-    assert main(RUN + ["--out", str(tmp_path), "--no-progress"]) == 130
-    (run_dir,) = tmp_path.iterdir()
+    assert main(RUN + ["--out", str(tmp_path / "a"), "--no-progress"]) == 130
+    (run_dir,) = (tmp_path / "a").iterdir()
     assert f"fsbench run --resume {run_dir}`" in capsys.readouterr().err
+
+    def early(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(fscil, "run_sessions", early)
+    assert main(RUN + ["--out", str(tmp_path / "b"), "--no-progress"]) == 130
+    assert not any((tmp_path / "b").iterdir())
+    assert "before the run's first checkpoint; nothing was kept" in capsys.readouterr().err
 
 
 def test_download_bar_counts_bytes(capsys):
