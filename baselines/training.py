@@ -109,8 +109,8 @@ def train_supervised(backbone: nn.Module, head: nn.Module, data: ImageDataset, c
     sel_data = None
     if select == "val":
         data, sel_data = split_val(data, float(t.get("val_fraction", 0.1)), ctx.seed)
-        if len(sel_data) == 0:
-            select = "last"
+        if len(sel_data) == 0:  # too few images to hold any out: keep the last epoch
+            select, sel_data = "last", None
     elif select == "test":
         sel_data = ctx.extras.get("base_test")
         if sel_data is None:

@@ -25,6 +25,7 @@ A method never evaluates itself: it has no access to test labels.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -72,6 +73,23 @@ class Learner:
         self.config = dict(config)
         self.info = info
         self.device = torch.device("cpu")
+
+    def __init_subclass__(cls, **kwargs):
+        """Every learner's constructor ends with :func:`fsbench.learnerstate.remember_initial`:
+        checkpoints then hold what changed since construction, also for a learner built outside
+        the runner (a test, the Python API), so a configuration-derived attribute (TEEN's
+        ``opts``) is never carried from one learner into another by ``load_state_dict``."""
+        super().__init_subclass__(**kwargs)
+        if "__init__" not in vars(cls):
+            return
+        init = cls.__init__
+
+        @functools.wraps(init)
+        def __init__(self, *args, **kw):
+            init(self, *args, **kw)
+            if type(self).__init__ is __init__:  # the outermost constructor has finished
+                learnerstate.remember_initial(self)
+        cls.__init__ = __init__
 
     def to(self, device) -> "Learner":
         self.device = torch.device(device)

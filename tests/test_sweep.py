@@ -103,9 +103,11 @@ def test_show_and_submit_a_summary(local, tmp_path, capsys):
     assert main(["leaderboard", "--dataset", "glyphs", "--leaderboard-dir", str(lb)]) == 0
     board = capsys.readouterr().out
     assert first in board and "mean ± sample std over 2 seeds (0, 1)" in board
-    # the sweep folder holds this one summary (the other group has none): the same row
-    assert main(["submit", str(out), "--leaderboard-dir", str(lb)]) == 0
-    assert "already submitted (same content)" in capsys.readouterr().out
+    # the sweep folder holds this one summary (the other group has none): the same row, which
+    # the leaderboard holds already - refused in one line naming the file
+    assert main(["submit", str(out), "--leaderboard-dir", str(lb)]) == 2
+    assert "on the leaderboard already as" in capsys.readouterr().err
+    assert len(list((lb / "submissions" / "glyphs").glob("ncm-*.json"))) == 1
 
 
 def test_resume_skips_finished_runs_and_resumes_interrupted_ones(local, tmp_path):
