@@ -170,6 +170,7 @@ def train_supervised(backbone: nn.Module, head: nn.Module, data: ImageDataset, c
                             **({"acc": f"{100.0 * correct / n:.1f}"} if logits is not None else {}))
             bar.update()
             ctx.log_step(desc, epoch * len(loader) + i, loss=loss.item(), lr=lr)
+        bar.refresh()  # the epoch's final loss and accuracy, however fast it went
         bar.close()
         sched.step()
         # Every process continues from rank 0's state (BatchNorm statistics differ per process).

@@ -15,6 +15,7 @@ RUN = ["run", "--method", "finetune", "--dataset", "synthetic", "--set", "train.
 
 @pytest.fixture(autouse=True)
 def _process_default():
+    context.set_progress(None)  # what an earlier run in this process left
     yield
     context.set_progress(None)
 
