@@ -19,7 +19,6 @@ from fsbench.context import (RunContext, bars_wanted, derive_seed, resolve_devic
 from fsbench.curves import Curves
 from fsbench.errors import UserError
 from fsbench.learner import DataInfo
-from fsbench.learnerstate import remember_initial
 from fsbench.loggers import ConsoleLogger, FileLogger, JSONLinesLogger, Logger, make_loggers
 from fsbench.memory import keep_freed_memory
 from fsbench.plugins import is_import_path
@@ -269,7 +268,6 @@ def run(method: str, dataset: str, *, data_root=None, split_dir=None, preset: st
                         num_classes=bench.train.num_classes)
     seed_everything(derive_seed(seed, "init"))  # parameter initialisation is part of the seed
     learner = entry.obj(cfg, info).to(dev)
-    remember_initial(learner)  # checkpoints keep what training changed (fsbench.learnerstate)
 
     if resume is None:
         run_dir = _new_run_folder(lambda: new_run_dir(out_dir, method, dataset)

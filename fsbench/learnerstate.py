@@ -10,7 +10,8 @@ tuples and dicts of these), except:
 - ``nn.Module`` attributes (saved as modules), ``config``, ``info`` and ``device``;
 - names that :meth:`extra_state` returns (the learner saves those itself) and names in the
   class's ``checkpoint_exclude`` (caches it rebuilds);
-- when the runner took a snapshot of the freshly built learner (:func:`remember_initial`),
+- when a snapshot of the freshly built learner exists (:func:`remember_initial`, which every
+  learner constructor calls at its end, see :class:`fsbench.learner.Learner`),
   attributes whose value is still the one the constructor set: a new learner built from the same
   configuration has it already, and a base model reused with another configuration
   (``--base-from``) keeps the new run's own configuration-derived values (e.g. TEEN's ``opts``).
@@ -125,7 +126,7 @@ def _copy(value):
 
 
 def remember_initial(learner) -> None:
-    """Snapshot the attributes a freshly built learner has (the runner calls this)."""
+    """Snapshot the attributes a freshly built learner has (its constructor calls this)."""
     skip = set(getattr(type(learner), "checkpoint_exclude", ()))
     vars(learner)[INITIAL] = {k: _copy(v) for k, v in _candidates(learner, skip).items()}
 

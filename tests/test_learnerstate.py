@@ -96,7 +96,26 @@ def test_an_attribute_that_cannot_be_saved_is_refused_by_name():
         del Stateful.checkpoint_exclude
 
 
+def test_a_learner_built_from_python_snapshots_itself():
+    """A learner used from Python (no runner) snapshots its constructor's values itself: they are
+    not saved, so loading one learner's state into another built with another configuration
+    keeps the other's own (TEEN's ``opts`` with another alpha)."""
+    learner = Stateful({"alpha": 0.1}, DataInfo(channels=1, image_size=4, num_classes=3))
+    learner.protos[0] = torch.tensor([3.0, 4.0])
+    saved = learner.state_dict()["attributes"]
+    assert "protos" in saved and not {"opts", "frozen", "counts"} & set(saved)
+    other = Stateful({"alpha": 0.0}, DataInfo(channels=1, image_size=4, num_classes=3))
+    other.load_state_dict(learner.state_dict())
+    assert other.opts == {"alpha": 0.0} and torch.equal(other.protos, learner.protos)
+
+
 def test_without_a_snapshot_every_plain_attribute_is_saved():
-    """A learner used from Python, without the runner's snapshot of its constructor's values."""
-    learner = Stateful({}, DataInfo(channels=1, image_size=4, num_classes=3))
-    assert {"protos", "opts", "frozen", "counts"} <= set(learner.state_dict()["attributes"])
+    """A learner without a constructor of its own has no snapshot: everything plain is saved."""
+    class Bare(FSCILLearner):
+        def fit_base(self, session, ctx): ...
+        def learn_session(self, session, ctx): ...
+        def predict(self, x): ...
+
+    learner = Bare({}, DataInfo(channels=1, image_size=4, num_classes=3))
+    learner.protos, learner.opts = torch.zeros(2), {"alpha": 0.5}
+    assert {"protos", "opts"} <= set(learner.state_dict()["attributes"])
