@@ -103,17 +103,11 @@ def _split_identity(bench, metrics: dict, cfg: dict) -> dict:
 def _new_run_folder(make, record: dict) -> Path:
     """The new run folder ``make()``, made (with its run file) by rank 0 and known to every
     rank."""
-    made = None
-    if dist.is_main():
-        try:
-            made = make()
-            atomic_write_json(made / RUN_FILE, record)
-        except UserError as e:
-            made = e
-    made = dist.broadcast_object(made)
-    if isinstance(made, UserError):
-        raise made if dist.is_main() else dist.PeerFailure("rank 0 could not make the run folder")
-    return Path(made)
+    def made() -> str:
+        folder = make()
+        atomic_write_json(folder / RUN_FILE, record)
+        return str(folder)
+    return Path(dist.on_main(made, "make the run folder"))
 
 
 def _pin_threads(reproducible: bool, threads) -> int | None:

@@ -140,6 +140,22 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     return box[0]
 
 
+def on_main(fn, what: str) -> Any:
+    """``fn()`` computed on rank 0 and handed to every rank (``fn()`` itself in one process).
+    A :class:`UserError` on rank 0 is raised there and ends the other ranks with one line saying
+    that rank 0 could not ``what``."""
+    made = None
+    if is_main():
+        try:
+            made = fn()
+        except UserError as e:
+            made = e
+    made = broadcast_object(made)
+    if isinstance(made, UserError):
+        raise made if is_main() else PeerFailure(f"rank 0 could not {what}")
+    return made
+
+
 def all_gather_object(obj: Any) -> list:
     """Every rank's ``obj``, in rank order (``[obj]`` in one process)."""
     if not active():

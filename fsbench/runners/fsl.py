@@ -56,16 +56,7 @@ def eval_settings(ctx: RunContext) -> tuple[int, list[int], int, int]:
 def prepare_episodes(test: ImageDataset, ctx: RunContext, run_dir: Path):
     """The fixed test episodes: loaded from ``eval.manifest`` / the run's manifest, or drawn once
     (with the largest shot) and saved. Under torchrun rank 0 prepares them for every rank."""
-    made = None
-    if dist.is_main():
-        try:
-            made = _prepare_episodes(test, ctx, run_dir)
-        except UserError as e:
-            made = e
-    made = dist.broadcast_object(made)
-    if isinstance(made, UserError):
-        raise made if dist.is_main() else dist.PeerFailure("rank 0 could not prepare the episodes")
-    return made
+    return dist.on_main(lambda: _prepare_episodes(test, ctx, run_dir), "prepare the episodes")
 
 
 def _prepare_episodes(test: ImageDataset, ctx: RunContext, run_dir: Path):
