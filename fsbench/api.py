@@ -18,13 +18,14 @@ from fsbench.context import (RunContext, bars_wanted, derive_seed, resolve_devic
                              seed_everything, set_progress)
 from fsbench.curves import Curves
 from fsbench.errors import UserError
+from fsbench.jsonio import now_iso
 from fsbench.learner import DataInfo
 from fsbench.loggers import ConsoleLogger, FileLogger, JSONLinesLogger, Logger, make_loggers
 from fsbench.memory import keep_freed_memory
 from fsbench.plugins import is_import_path
 from fsbench.registry import DATASETS, METHODS
 from fsbench.results import (RESULT_SCHEMA, atomic_write_json, environment, named_run_dir,
-                             new_run_dir, now_iso, read_json)
+                             new_run_dir, read_json)
 from fsbench.trainstate import FILE as EPOCHS_FILE
 
 RUN_FILE = "run.json"

@@ -1,6 +1,7 @@
 """JSON helpers shared by result files and episode manifests."""
 from __future__ import annotations
 
+import datetime as _dt
 from pathlib import Path
 
 import numpy as np
@@ -17,3 +18,8 @@ def json_default(o):
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"value of type {type(o).__name__} is not JSON-serialisable")
+
+
+def now_iso() -> str:
+    """The time stamp of result files, run files and sweep summaries (UTC, ISO 8601, seconds)."""
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")

@@ -132,10 +132,6 @@ def read_json(path: str | Path, what: str = "file") -> dict:
         raise UserError(f"cannot read {what} {path}: {e.strerror or type(e).__name__}") from None
 
 
-def now_iso() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
 def new_run_dir(out: str | Path, method: str, dataset: str) -> Path:
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     base = Path(out) / f"{stamp}-{method}-{dataset}"

@@ -36,13 +36,6 @@ _GROUP = re.compile(r"^[a-z0-9][a-z0-9_.+-]{0,199}$")  # <method>-<dataset>-<has
 _KEY = re.compile(r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$")  # a dotted preset key
 
 
-def now() -> str:
-    """The time stamp of summaries and indexes (UTC, ISO 8601, seconds)."""
-    import datetime
-
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-
-
 # --------------------------------------------------------------------------- statistics
 
 def stat(values: list) -> dict | None:
@@ -121,6 +114,8 @@ def summarize(group: dict, results: list[dict], failed: list[dict]) -> dict:
 
     ``group`` holds ``group`` (name), ``settings`` (the grid point) and ``config_hash``;
     ``failed`` lists ``{seed, run_dir, error}`` of the seeds that did not finish."""
+    from fsbench.jsonio import now_iso
+
     ident = _identity(results)
     metrics = _fscil_metrics(results) if ident["task"] == "fscil" else _fsl_metrics(results)
     seeds = [int(r["seed"]) for r in results]
@@ -128,7 +123,7 @@ def summarize(group: dict, results: list[dict], failed: list[dict]) -> dict:
             "settings": group["settings"], "config_hash": group["config_hash"],
             "seeds": seeds, "n_seeds": len(seeds),
             "runs": [{"seed": s, "run_dir": r["run_dir"]} for s, r in zip(seeds, results)],
-            "failed": failed, "metrics": metrics, "finished": now()}
+            "failed": failed, "metrics": metrics, "finished": now_iso()}
 
 
 # --------------------------------------------------------------------------- validation

@@ -173,6 +173,7 @@ def write_summaries(root: Path, runs: list[Run], groups: list[dict], errors: dic
     """Write ``summaries/<group>.json`` for every group with a finished seed, and the index."""
     from fsbench import summary
     from fsbench.atomic import atomic_write_text
+    from fsbench.jsonio import now_iso
 
     def dump(path, doc):
         atomic_write_text(path, json.dumps(doc, indent=2, allow_nan=False) + "\n")
@@ -201,7 +202,7 @@ def write_summaries(root: Path, runs: list[Run], groups: list[dict], errors: dic
                         "settings": g["settings"], "summary": rel,
                         "seeds": [int(r["seed"]) for r in results], "failed": failed})
     index = {"schema": summary.INDEX_SCHEMA, "spec": spec, "groups": entries,
-             "finished": summary.now()}
+             "finished": now_iso()}
     dump(root / summary.INDEX_FILE, index)
     return index
 
