@@ -68,6 +68,10 @@ class Learner:
     task = "both"
     #: The backbone does not change after the base session (enables feature caching).
     frozen_after_base = False
+    #: The method's own configuration blocks, ``{key: MethodBlock model}`` (``""``: top-level
+    #: keys); the learner validates them when it is built, and the README's table of method keys
+    #: is generated from them (:func:`fsbench.configschema.markdown_method_table`).
+    config_blocks: dict = {}
 
     def __init__(self, config: dict, info: DataInfo):
         self.config = dict(config)
