@@ -19,6 +19,7 @@ from fsbench.episodes.sampler import EpisodeSampler
 from fsbench.errors import UserError
 from fsbench.learner import DataInfo, FSLLearner
 from fsbench.registry import register_method
+from fsbench.trainstate import EpochCheckpoint
 
 from .backbones import build_backbone
 from .protos import prototypes, sq_euclidean
@@ -68,7 +69,12 @@ class ProtoNet(FSLLearner):
         net = ctx.wrap(self.backbone)
         self.backbone.train()
         blocks = EpisodeBlocks(ctx, "episodes", n)
-        for i in ctx.bar(range(n), "protonet episodes"):
+        # Checkpoint after every block of episodes (fsbench.trainstate); episode i is a function
+        # of (seed, i), so a resumed run draws the same episodes from where it stopped.
+        ckpt = EpochCheckpoint.of(ctx, "episodes")
+        state = {"backbone": self.backbone, "opt": opt, "sched": sched}
+        start, _ = ckpt.restore(state)
+        for i in ctx.bar(range(start, n), "protonet episodes"):
             ep = sampler.sample(i, 1)
             idx = torch.cat([torch.from_numpy(ep.support.reshape(-1)),
                              torch.from_numpy(ep.query.reshape(-1)[mine])]).numpy()
@@ -85,7 +91,8 @@ class ProtoNet(FSLLearner):
             opt.step()
             sched.step()
             acc = 100.0 * float((logits.argmax(1) == ql).float().mean())
-            blocks.add(i, loss=loss.item(), acc=acc, lr=lr)
+            if blocks.add(i, loss=loss.item(), acc=acc, lr=lr):
+                ckpt.save(i + 1, state)
         ctx.log_selection("episodes", (n - 1) // blocks.size, "last")
         dist.broadcast_module(self.backbone)  # rank 0's BatchNorm statistics on every process
         self.backbone.eval()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -179,9 +180,25 @@ def resolve(method: str, dataset: str, preset_file: str | None = None,
     try:
         json.dumps(cfg, allow_nan=False)
     except (TypeError, ValueError) as e:
-        raise UserError(f"configuration is not plain data ({e}); use finite numbers, strings, "
-                        f"lists and mappings in presets") from None
+        where = _not_plain(cfg)
+        raise UserError(f"configuration{' key ' + where if where else ''} is not plain data ({e});"
+                        f" use finite numbers, strings, lists and mappings in presets") from None
     return cfg
+
+
+def _not_plain(node, path: str = "") -> str | None:
+    """The dotted key of the first value JSON cannot hold (NaN, infinity, an object)."""
+    items = node.items() if isinstance(node, dict) else enumerate(node) \
+        if isinstance(node, list) else None
+    if items is None:
+        ok = node is None or isinstance(node, (str, bool, int)) or (
+            isinstance(node, float) and math.isfinite(node))
+        return None if ok else path
+    for k, v in items:
+        found = _not_plain(v, f"{path}.{k}" if path else str(k))
+        if found:
+            return found
+    return None
 
 
 def config_hash(cfg: dict) -> str:

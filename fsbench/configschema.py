@@ -16,7 +16,7 @@ An error is one line: the key, the value, what is allowed.
 from __future__ import annotations
 
 import difflib
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
 
@@ -27,6 +27,8 @@ PosInt = Annotated[StrictInt, Field(ge=1, le=_BIG)]
 Count = Annotated[StrictInt, Field(ge=0, le=_BIG)]
 Rate = Annotated[float, Field(gt=0, le=1000, allow_inf_nan=False)]
 Fraction = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+NonNeg = Annotated[float, Field(ge=0, le=1_000_000, allow_inf_nan=False)]
+# PosInt, Count, Rate, Fraction and NonNeg are shared by the methods' MethodBlock models.
 
 
 class _Block(BaseModel):
@@ -49,6 +51,13 @@ class Train(_Block):
     max_images: Optional[PosInt] = Field(None, description="cap on training images (null = all)")
     episodes: Optional[Count] = Field(None, description="episodic training episodes (0 = none)")
     warmup_epochs: Optional[Count] = Field(None, description="linear warm-up epochs")
+    nesterov: Optional[StrictBool] = Field(None, description="Nesterov momentum (SGD)")
+    milestones: Optional[list[Count]] = Field(None, description="schedule multistep: epochs "
+                                                                "where the lr is multiplied")
+    gamma: Optional[Annotated[float, Field(gt=0, le=10, allow_inf_nan=False)]] = Field(
+        None, description="schedule multistep: the lr factor at each milestone")
+    select: Optional[Literal["val", "last", "test"]] = Field(
+        None, description="model selection: val (held-out base images), last, test (flagged)")
 
 
 class Eval(_Block):
@@ -130,8 +139,8 @@ def validate_block(model: type[MethodBlock], raw, where: str) -> MethodBlock:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise UserError(f"config {where} = {_short(raw)}: expected a mapping of "
-                        f"{', '.join(model.model_fields)}")
+        raise UserError(f"config {where or 'file'} = {_short(raw)}: expected a mapping of "
+                        f"{', '.join(i.alias or n for n, i in model.model_fields.items())}")
     bools = [k for k, v in raw.items() if isinstance(v, bool) and k in model.model_fields
              and _type_name(model.model_fields[k].annotation) in ("integer", "number")]
     if bools:  # pydantic's lax mode reads True as 1
@@ -141,9 +150,10 @@ def validate_block(model: type[MethodBlock], raw, where: str) -> MethodBlock:
     except ValidationError as e:
         err = e.errors()[0]
         loc = [str(p) for p in err["loc"]]
-        key = ".".join([where, *loc])
+        key = ".".join([p for p in (where, *loc) if p])
         if err["type"] == "extra_forbidden":
-            raise unknown_key(key, loc[-1], model.model_fields, "config") from None
+            raise unknown_key(key, loc[-1], [i.alias or n for n, i in model.model_fields.items()],
+                              "config") from None
         raise UserError(f"config {key} = {_short(err.get('input'))}: {err['msg'].lower()}; fix "
                         f"it with --set {key}=VALUE or in the preset") from None
 
@@ -243,24 +253,61 @@ def _type_name(ann) -> str:
             ann = next(a for a in typing.get_args(ann) if a is not type(None))
         elif origin in names:
             return names[origin]
+        elif origin is Literal:
+            return "choice"
         else:
             return names.get(ann, str(ann))
+
+
+def _walk(model, prefix: str, row, defaults=None) -> None:
+    """``row(key, annotation, field info, default)`` for every leaf key of ``model``; a nested
+    block's defaults are those of its parent's default instance."""
+    for name, info in model.model_fields.items():
+        ann, key = info.annotation, info.alias or name
+        default = getattr(defaults, name) if defaults is not None else info.default
+        sub = next((a for a in getattr(ann, "__args__", (ann,))
+                    if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if sub is not None:
+            _walk(sub, f"{prefix}{key}.", row, default if isinstance(default, BaseModel) else None)
+        else:
+            row(f"{prefix}{key}", ann, info, default)
+
+
+def _allowed(ann, info) -> str:
+    import typing
+
+    choices = [a for t in (ann, *typing.get_args(ann)) if typing.get_origin(t) is Literal
+               for a in typing.get_args(t)]
+    return ", ".join(map(str, choices)) if choices else (_rule(ann, info) or "-")
 
 
 def markdown_table() -> str:
     """The README's configuration table, generated from :class:`RunConfig` (a test keeps the
     README equal to it)."""
     rows = ["| key | type | allowed | meaning |", "|---|---|---|---|"]
-
-    def walk(model, prefix):
-        for name, info in model.model_fields.items():
-            ann = info.annotation
-            sub = next((a for a in getattr(ann, "__args__", (ann,))
-                        if isinstance(a, type) and issubclass(a, BaseModel)), None)
-            if sub is not None:
-                walk(sub, f"{prefix}{name}.")
-                continue
-            rows.append(f"| `{prefix}{name}` | {_type_name(ann)} | {_rule(ann, info) or '-'} | "
-                        f"{info.description or ''} |")
-    walk(RunConfig, "")
+    _walk(RunConfig, "", lambda key, ann, info, _: rows.append(
+        f"| `{key}` | {_type_name(ann)} | {_allowed(ann, info)} | {_cell(info.description)} |"))
     return "\n".join(rows)
+
+
+def markdown_method_table() -> str:
+    """The README's table of the methods' own keys, generated from each built-in learner's
+    ``config_blocks`` (imports the methods, hence torch)."""
+    from fsbench.registry import METHODS, load_builtins
+
+    load_builtins()
+    rows = ["| method | key | type | allowed | default | meaning |", "|---|---|---|---|---|---|"]
+    for entry in sorted(METHODS.entries(), key=lambda e: e.name):
+        for block, model in getattr(entry.obj, "config_blocks", {}).items():
+            _walk(model, f"{block}." if block else "", lambda key, ann, info, d: rows.append(
+                f"| {entry.name} | `{key}` | {_type_name(ann)} | {_allowed(ann, info)} | "
+                f"{_default(d)} | {_cell(info.description)} |"))
+    return "\n".join(rows)
+
+
+def _cell(text) -> str:
+    return (text or "").replace("|", "\\|")
+
+
+def _default(d) -> str:
+    return "null" if d is None else f"`{str(d).lower() if isinstance(d, bool) else d}`"

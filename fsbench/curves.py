@@ -109,7 +109,8 @@ class EpisodeBlocks:
         self.sums: dict[str, float] = {}
         self.count = 0
 
-    def add(self, i: int, **values) -> None:
+    def add(self, i: int, **values) -> bool:
+        """Returns whether episode ``i`` closed a block (the trainer checkpoints there)."""
         for k, v in values.items():
             self.sums[k] = self.sums.get(k, 0.0) + float(v)
         self.count += 1
@@ -117,3 +118,5 @@ class EpisodeBlocks:
             self.ctx.log_epoch(self.stage, i // self.size, episodes=i + 1,
                                **{k: v / self.count for k, v in self.sums.items()})
             self.sums, self.count = {}, 0
+            return True
+        return False

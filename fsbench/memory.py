@@ -45,7 +45,7 @@ def keep_freed_memory() -> str:
         return _state
     if choice != "keep":
         from fsbench.errors import UserError
-        raise UserError(f"{ENV}={choice!r}: use keep (default) or system")
+        raise UserError(f"{ENV}={choice!r}: use keep or system (the default)")
     _state = "unavailable"
     if not sys.platform.startswith("linux"):
         return _state

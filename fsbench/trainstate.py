@@ -30,6 +30,7 @@ import torch
 from fsbench import distributed as dist
 
 FILE = "training.pt"
+ELAPSED = "_elapsed_s"  # a key of the file beside the trainers' slots
 
 
 def _rng_state() -> dict:
@@ -59,15 +60,24 @@ def _set_rng_state(state: dict) -> None:
 class EpochCheckpoint:
     """Per-epoch state of the trainers of one run (one file, one slot per trainer ``key``)."""
 
-    def __init__(self, path: str | Path | None, key: str = "", curves=None):
+    def __init__(self, path: str | Path | None, key: str = "", curves=None, clock=None):
         self.path = Path(path) if path else None
         self.key = key
         self.curves = curves  # fsbench.curves.Curves: the reported epochs travel with the slot
+        # The runner's clock: seconds this run has taken so far, over all its processes; saved
+        # with every epoch, so a run resumed mid-training still reports its whole time.
+        self.clock = clock
 
     @classmethod
     def of(cls, ctx, key: str) -> "EpochCheckpoint":
         base = ctx.extras.get("epochs") if ctx is not None else None
-        return cls(base.path if base else None, key, getattr(ctx, "curves", None))
+        return cls(base.path if base else None, key, getattr(ctx, "curves", None),
+                   base.clock if base else None)
+
+    def elapsed(self) -> float | None:
+        """The run's seconds at the last epoch saved in the file (None without one)."""
+        v = self._load_all().get(ELAPSED)
+        return float(v) if v is not None else None
 
     def _load_all(self) -> dict:
         from fsbench.results import load_checkpoint
@@ -123,6 +133,8 @@ class EpochCheckpoint:
             "curves": self.curves.state(self.curves.session) if self.curves is not None else []}
         if len(ranks) > 1:
             slots[self.key]["rng_ranks"] = ranks
+        if self.clock is not None:
+            slots[ELAPSED] = float(self.clock())
         atomic_torch_save(self.path, slots)
 
     def clear(self) -> None:

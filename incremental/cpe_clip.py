@@ -36,19 +36,22 @@ from __future__ import annotations
 import contextlib
 import math
 import sys
+from typing import Annotated, Literal, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from pydantic import ConfigDict, Field, StrictInt
 
 from fsbench.clip import load_openai_clip
 from fsbench.clip.names import readable_class_name
+from fsbench.configschema import MethodBlock, NonNeg, PosInt, validate_block
 from fsbench.errors import UserError
 from fsbench.learner import FSCILLearner
 from fsbench.registry import register_method
+from fsbench.trainstate import EpochCheckpoint
 
 MASK_VALUE = -9999.0  # clip_pe.py::_after_forward
-REGULARIZATIONS = ("balance", "freeze", "freeze_all", "none")
 
 
 def prompt_lambda(session_sizes: list[int], t: int) -> float:
@@ -167,36 +170,99 @@ class CPEPrompts(nn.Module):
         return scale * img @ F.normalize(text_features, dim=-1).T
 
 
+
+
+class ClipOptions(MethodBlock):
+    """The ``clip:`` block: which CLIP the prompts are learned on."""
+
+    source: Literal["openai", "glyphs"] = Field(
+        "openai", description="openai: local open_clip weights (clip.weights); glyphs: a tiny CLIP "
+                              "trained on the base session")
+    arch: Optional[str] = Field("ViT-B-16", description="open_clip architecture (source openai; "
+                                                        "null = ViT-B-16)")
+    weights: Optional[str] = Field(None, description="local weights file (never downloaded)")
+    pretrain_steps: Annotated[StrictInt, Field(ge=0, le=10_000_000)] = Field(
+        600, description="training steps of the glyphs CLIP (source glyphs)")
+
+
+class PromptOptions(MethodBlock):
+    """The ``prompts:`` block (§3.1-3.2 of the paper)."""
+
+    L_g: PosInt = Field(2, description="learnable prompt tokens per layer")
+    deep_g: Optional[PosInt] = Field(None, description="layers with prompts (null = all)")
+    text_mode: Literal["replace"] = Field(
+        "replace", description="replace (the only valid mode: a growing text prompt moves EOS)")
+    vision_mode: Literal["accumulate", "replace"] = Field(
+        "accumulate", description="accumulate (official code) | replace")
+
+
+class SessionTrain(MethodBlock):
+    batch_size: PosInt = Field(32, description="images per batch")
+    epochs: Annotated[StrictInt, Field(ge=0, le=100_000)] = Field(5, description="epochs")
+
+
+class Restarts(MethodBlock):
+    first_cycle_steps: PosInt = Field(200, description="epochs of the first cosine cycle")
+    max_lr: NonNeg = Field(0.1, description="peak learning rate")
+    min_lr: NonNeg = Field(0.001, description="floor learning rate")
+    warmup_steps: NonNeg = Field(50, description="linear warm-up epochs")
+
+
+class CPETrain(MethodBlock):
+    """The ``train:`` block of CPE-CLIP (the official ``clip_pe.py`` recipe)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)  # shared keys: configschema.Train
+    base: SessionTrain = Field(SessionTrain(), description="session 0")
+    session: SessionTrain = Field(SessionTrain(batch_size=4), description="sessions 1..")
+    momentum: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] = Field(
+        0.9, description="SGD momentum")
+    weight_decay: NonNeg = Field(1e-5, description="L2 weight decay")
+    schedule: Literal["official", "constant"] = Field(
+        "official", description="official (restarted cosine, per session) | constant (train.lr)")
+    lr: Annotated[float, Field(gt=0, le=1000, allow_inf_nan=False)] = Field(
+        0.00325, description="the paper's nominal lr (schedule constant)")
+    warmup_restarts: Restarts = Field(Restarts(), description="schedule official")
+
+
+class CPEOptions(MethodBlock):
+    """CPE-CLIP's top-level keys (the rest of the run configuration is checked elsewhere)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    clip: ClipOptions = ClipOptions()
+    prompts: PromptOptions = PromptOptions()
+    regularization: Literal["balance", "freeze", "freeze_all", "none"] = Field(
+        "balance", description="balance (Eq. 6) | freeze (code's ablation) | freeze_all (paper's "
+                               "reading) | none")
+    template: str = Field("{}.", description="text template of a class name")
+    logit_scale: Annotated[float, Field(gt=0, le=1000, allow_inf_nan=False)] = Field(
+        100.0, description="CLIP's logit scale")
+    threads: Optional[Annotated[StrictInt, Field(ge=1, le=1024)]] = Field(
+        None, description="cap on CPU threads while the learner computes (null: torch default)")
+    train: CPETrain = CPETrain()
+
+
 @register_method("cpe_clip", task="fscil", summary="CPE-CLIP: shared language/vision prompts on "
                  "a frozen CLIP with prompt regularization (ICCV-W 2023)")
 class CPECLIP(FSCILLearner):
     frozen_after_base = False
+    config_blocks = {"": CPEOptions}
     checkpoint_exclude = ("bundle", "_text")  # extra_state saves the CLIP; _text is a cache
 
     def __init__(self, config: dict, info):
         super().__init__(config, info)
-        c = config.get("clip") or {}
-        self.source = c.get("source", "openai")
+        self.options = o = validate_block(CPEOptions, config, "")
+        self.source = o.clip.source
         if self.source == "openai":
-            self.bundle = load_openai_clip(c.get("arch", "ViT-B-16"), c.get("weights"))
-        elif self.source == "glyphs":  # trained on the base session in fit_base
+            self.bundle = load_openai_clip(o.clip.arch or "ViT-B-16", o.clip.weights)
+        else:  # glyphs: trained on the base session in fit_base
             from fsbench.clip.glyphs import untrained_bundle
             self.bundle = untrained_bundle(info.image_size)
-        else:
-            raise UserError(f"clip.source must be openai or glyphs, got {self.source!r}")
         self._check_normalize()
-        p = config.get("prompts") or {}
-        if p.get("text_mode", "replace") != "replace":
-            raise UserError("prompts.text_mode: only 'replace' is valid for text prompts (a "
-                            "growing text prompt would move the EOS index)")
-        self.prompts = CPEPrompts(self.bundle.model, int(p.get("L_g", 2)), p.get("deep_g"),
-                                  p.get("vision_mode", "accumulate"))
-        self.regularization = config.get("regularization", "balance")
-        if self.regularization not in REGULARIZATIONS:
-            raise UserError(f"regularization must be one of {', '.join(REGULARIZATIONS)}, got "
-                            f"{self.regularization!r}")
-        self.template = str(config.get("template", "{}."))
-        self.scale = float(config.get("logit_scale", 100.0))
+        self.prompts = CPEPrompts(self.bundle.model, o.prompts.L_g, o.prompts.deep_g,
+                                  o.prompts.vision_mode)
+        self.regularization = o.regularization
+        self.template = o.template
+        self.scale = float(o.logit_scale)
         self.names: list[str] = []  # readable names of all class positions
         self.sizes: list[int] = []  # classes per session so far
         self._text = None  # cached text features for predict
@@ -257,7 +323,7 @@ class CPECLIP(FSCILLearner):
     def _threads(self):
         """``threads: N`` caps torch's CPU threads while this learner computes (a tiny CLIP on a
         shared CPU runs many times faster on one thread); null leaves torch's setting."""
-        n, before = self.config.get("threads"), torch.get_num_threads()
+        n, before = self.options.threads, torch.get_num_threads()
         if n and self.device.type == "cpu":
             torch.set_num_threads(max(1, min(before, int(n))))
         try:
@@ -280,10 +346,9 @@ class CPECLIP(FSCILLearner):
             raise UserError("cpe_clip needs the name of every class (session.data.class_names)")
         if self.source == "glyphs":
             from fsbench.clip import glyphs_clip
-            c = self.config.get("clip") or {}
             base = self.names[:self.info.num_base]
             self.bundle = glyphs_clip(session.data, base, seed=ctx.seed, progress=ctx.progress,
-                                      train={"steps": int(c.get("pretrain_steps", 600))})
+                                      train={"steps": self.options.clip.pretrain_steps})
             self.bundle.model.to(self.device)
         self.sizes = [len(session.new_classes)]
         with self._threads():
@@ -296,9 +361,9 @@ class CPECLIP(FSCILLearner):
 
     def _train_session(self, session, ctx, t: int) -> None:
         self._text = None
-        tr = self.config["train"]
-        part = tr["base"] if t == 0 else tr["session"]
-        epochs, batch = int(part["epochs"]), int(part["batch_size"])
+        tr = self.options.train
+        part = tr.base if t == 0 else tr.session
+        epochs, batch = part.epochs, part.batch_size
         g, proj = self.prompts.g_values, self.prompts.prompt_proj
         late = t >= 2  # clip_pe.py freezes from the second incremental session on
         g.requires_grad_(not (late and self.regularization in ("freeze", "freeze_all")))
@@ -306,15 +371,19 @@ class CPECLIP(FSCILLearner):
         params = [q for q in self.prompts.parameters() if q.requires_grad]
         if not params or epochs <= 0:
             return
-        opt = torch.optim.SGD(params, lr=self._lr(0), momentum=float(tr["momentum"]),
-                              weight_decay=float(tr["weight_decay"]))
+        opt = torch.optim.SGD(params, lr=self._lr(0), momentum=tr.momentum,
+                              weight_decay=tr.weight_decay)
         lam = prompt_lambda(self.sizes, t) if t > 0 and self.regularization == "balance" else 1.0
         num_old, num_seen = sum(self.sizes[:-1]), sum(self.sizes)
         tokens = self._tokens(num_seen)
         clip = self.bundle.model
         loader = ctx.loader(session.data, train=True, batch_size=batch, shuffle=True)
         self.prompts.train()
-        for epoch in range(epochs):
+        # Per-epoch checkpoint of this session's prompt training (fsbench.trainstate).
+        ckpt = EpochCheckpoint.of(ctx, f"prompts-{t}")
+        state = {"prompts": self.prompts, "opt": opt}
+        start, _ = ckpt.restore(state, loader)
+        for epoch in range(start, epochs):
             lr = self._lr(epoch)
             for group in opt.param_groups:
                 group["lr"] = lr
@@ -337,18 +406,14 @@ class CPECLIP(FSCILLearner):
                 n += len(y)
             ctx.log_epoch("prompts", epoch, loss=tot / max(1, n), train_acc=100.0 * correct
                           / max(1, n), lr=lr)
+            ckpt.save(epoch + 1, state, loader)
         ctx.log_selection("prompts", epochs - 1, "last")
         self.prompts.eval()
 
     def _lr(self, epoch: int) -> float:
-        tr = self.config["train"]
-        if tr.get("schedule", "official") == "constant":
-            return float(tr["lr"])
-        if tr.get("schedule") != "official":
-            raise UserError(f"train.schedule must be official or constant, got "
-                            f"{tr.get('schedule')!r}")
-        w = tr.get("warmup_restarts") or {}
-        return official_lr(epoch, int(w.get("first_cycle_steps", 200)),
-                           float(w.get("max_lr", 0.1)), float(w.get("min_lr", 0.001)),
-                           float(w.get("warmup_steps", 50)))
+        tr = self.options.train
+        if tr.schedule == "constant":
+            return tr.lr
+        w = tr.warmup_restarts
+        return official_lr(epoch, w.first_cycle_steps, w.max_lr, w.min_lr, float(w.warmup_steps))
 

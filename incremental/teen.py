@@ -36,7 +36,6 @@ from pydantic import Field
 
 from fsbench.baselines.ncm import PrototypeFSCIL
 from fsbench.configschema import MethodBlock, validate_block
-from fsbench.errors import UserError
 from fsbench.learner import DataInfo, Session
 from fsbench.registry import register_method
 
@@ -114,6 +113,7 @@ def teen_options(config: dict) -> dict:
                  summary="TEEN: NCM + training-free calibration of new prototypes toward base ones")
 class TEEN(PrototypeFSCIL):
     session_config = ("teen",)  # the calibration follows the base session (--base-from)
+    config_blocks = {"teen": TeenOptions}
 
     def __init__(self, config: dict, info: DataInfo):
         self.opts = teen_options(config)  # fail before building (and loading) the backbone

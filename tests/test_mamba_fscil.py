@@ -166,7 +166,7 @@ def test_bad_options_are_one_line_errors():
     info = DataInfo(channels=1, image_size=32, num_classes=30, num_base=10, way=5, shot=5)
     cfg = config.resolve("mamba_fscil", "synthetic")
     cfg["incremental"]["nope"] = 1
-    with pytest.raises(UserError, match="incremental: unknown"):
+    with pytest.raises(UserError, match="incremental.nope: unknown key"):
         METHODS.get("mamba_fscil").obj(cfg, info)
     cfg = config.resolve("mamba_fscil", "synthetic")
     cfg["incremental"]["steps"] = [5, 5]  # a per-session list, as a preset may give it

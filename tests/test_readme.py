@@ -40,6 +40,15 @@ def test_readme_configuration_table_is_generated_from_the_schema():
     assert block.strip() == markdown_table().strip()
 
 
+def test_readme_method_keys_table_is_generated_from_the_learners_blocks():
+    from fsbench.configschema import markdown_method_table
+
+    text = README.read_text()
+    start = text.index("<!-- generated from the learners' config_blocks")
+    block = text[text.index("\n", start) + 1:text.index("<!-- end of generated method table -->")]
+    assert block.strip() == markdown_method_table().strip()
+
+
 def _readme_files() -> dict[str, str]:
     """The files of "Write your own method": code blocks after ``<!-- file: NAME -->``."""
     return dict(re.findall(r"<!-- file: (\S+) -->\n```\w*\n(.*?)```", README.read_text(),

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from fsbench.trainstate import FILE
@@ -59,3 +60,65 @@ def test_kill_in_base_training_then_resume_gives_identical_numbers(tmp_path):
     result = json.loads((run_dir / "result.json").read_text())
     assert _numbers(result) == expected
     assert not list(run_dir.glob(".*.tmp")) and not (run_dir / FILE).exists()
+
+
+# ---------------------------------------------------------------- the other training loops
+# A run interrupted right after one of its trainer's checkpoints (Ctrl-C, in-process) and resumed
+# ends with the numbers and curves of an uninterrupted run. One case per loop that checkpoints:
+# BECLR pretraining (networks, optimiser, DyCE memories), protonet's and DVLA-RL's blocks of 100
+# episodes, DVLA-RL pretraining, CPE-CLIP's prompt epochs (sessions 0-1 of its nine, to stay short).
+CASES = {
+    "beclr": ("beclr", "synthetic", {"train.epochs": 3, "dyce.memory_start_epoch": 1,
+                                     "eval.episodes": 20}, "pretrain", 2),
+    "protonet": ("protonet", "synthetic", {"train.episodes": 200, "eval.episodes": 20},
+                 "episodes", 100),
+    "dvla_rl-pretrain": ("dvla_rl", "glyphs", {
+        "text.encoder": "words", "text.dim": 32, "pretrain.epochs": 2, "pretrain.max_images": 512,
+        "meta.episodes": 5, "eval.episodes": 10}, "pretrain", 1),
+    "dvla_rl-meta": ("dvla_rl", "glyphs", {
+        "text.encoder": "words", "text.dim": 32, "pretrain.epochs": 0, "meta.episodes": 120,
+        "eval.episodes": 10}, "meta", 100),
+    "cpe_clip": ("cpe_clip", "glyphs", {"clip.pretrain_steps": 300, "train.base.epochs": 2,
+                                        "train.session.epochs": 1}, "prompts-0", 1),
+}
+
+
+def _outcome(res: dict) -> tuple:
+    m = res["metrics"]
+    numbers = [s["acc"] for s in m["sessions"]] if "sessions" in m else \
+        {k: v["per_episode"] for k, v in m["shots"].items()}
+    return numbers, res["history"]
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_interrupted_training_loop_resumes_to_identical_numbers(case, tmp_path, monkeypatch):
+    from fsbench import api
+    from fsbench.trainstate import EpochCheckpoint
+
+    method, dataset, sets, key, stop = CASES[case]
+    short = {"stop_after": 1} if method == "cpe_clip" else {}
+    full = api.run(method, dataset, overrides=sets, out_dir=tmp_path / "full", loggers=[],
+                   progress=False, **short)
+    original = EpochCheckpoint.save
+    seen = []
+
+    def save_then_interrupt(self, epoch, *a, **k):
+        original(self, epoch, *a, **k)
+        seen.append((self.key, epoch))
+        if (self.key, epoch) == (key, stop):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(EpochCheckpoint, "save", save_then_interrupt)
+    with pytest.raises(KeyboardInterrupt) as info:
+        api.run(method, dataset, overrides=sets, out_dir=tmp_path / "cut", loggers=[],
+                progress=False, **short)
+    run_dir = Path(info.value.run_dir)
+    saved = torch.load(run_dir / FILE, weights_only=True)
+    assert (key, stop) in seen and saved[key]["epoch"] == stop and saved["_elapsed_s"] > 0
+    monkeypatch.setattr(EpochCheckpoint, "save", original)
+    resumed = api.run(None, None, resume=str(run_dir), loggers=[], progress=False, **short)
+    assert _outcome(resumed) == _outcome(full)
+    assert not (run_dir / FILE).exists()  # cleared once the run's own checkpoint is written
+    assert resumed["status"] == full["status"]
+    # the time of the interrupted process up to its last epoch counts in the run's total
+    assert resumed["timings"]["total_s"] >= saved["_elapsed_s"]

@@ -32,8 +32,10 @@ from fsbench.episodes.sampler import EpisodeSampler
 from fsbench.errors import UserError
 from fsbench.learner import DataInfo, FSLLearner
 from fsbench.registry import register_method
+from fsbench.trainstate import EpochCheckpoint
 
 from .backbone import build_staged, to_tokens
+from .options import BLOCKS, dvla_options
 from .rla import GatePolicy, Reinforce, RLAttention
 from .semantics import ClassSemantics, build_source
 from .text import build_text_encoder
@@ -50,21 +52,17 @@ def _cosine_logits(q, protos, t):
                          "cross/self attention, cosine prototypes")
 class DVLARL(FSLLearner):
     uses_class_names = True
+    config_blocks = BLOCKS
     checkpoint_exclude = ("_text", "_sem")  # the text encoder and semantics, rebuilt on use
 
     def __init__(self, config: dict, info: DataInfo):
         super().__init__(config, info)
         c = self.config
-        r = dict(c.get("rla") or {})
-        self.r = r
+        self.opts = dvla_options(c)
+        r = self.r = self.opts["rla"]
         self.backbone = build_staged(c.get("backbone", {}), info.channels, info.image_size)
-        self.text_dim = int((c.get("text") or {}).get("dim", 512))
-        policy = r.get("policy", "beta")
-        if policy not in ("beta", "categorical"):
-            raise UserError(f"rla.policy: {policy!r} is not beta or categorical")
-        fixed = r.get("alpha_fixed")
-        if fixed is not None and not 0.0 <= float(fixed) <= 1.0:
-            raise UserError(f"rla.alpha_fixed: {fixed} is not in [0, 1] (null = learned policy)")
+        self.text_dim = self.opts["text"]["dim"]
+        policy = r["policy"]
         dims = self.backbone.dims
         self.rla = nn.ModuleList([RLAttention(d, self.text_dim, int(r.get("heads", 1)))
                                   for d in dims])
@@ -82,14 +80,14 @@ class DVLARL(FSLLearner):
     def _semantics(self, train=None, ctx=None) -> ClassSemantics:
         if self._sem is None:
             c = self.config
-            self._text = build_text_encoder(c.get("text") or {}, self.config.get("dataset", ""),
+            self._text = build_text_encoder(self.opts["text"], self.config.get("dataset", ""),
                                             train, seed=int(c.get("seed", 0)),
                                             progress=bool(ctx and ctx.progress))
             if self._text.dim != self.text_dim:
                 raise UserError(f"text.dim: {self.text_dim} but the {self._text.name} text "
                                 f"encoder gives {self._text.dim}-d features; set text.dim="
                                 f"{self._text.dim}")
-            dsc = c.get("dsc") or {}
+            dsc = self.opts["dsc"]
             source = build_source(dsc.get("source", "auto"), c.get("dataset", ""))
             self._sem = ClassSemantics(source, self._text.encode, int(dsc.get("k", 4)))
         return self._sem
@@ -125,10 +123,10 @@ class DVLARL(FSLLearner):
     # ------------------------------------------------------------------ training
     def fit(self, train, ctx) -> None:
         sem = self._semantics(train, ctx)
-        p = dict(self.config.get("pretrain") or {})
+        p = self.opts["pretrain"]
         if int(p.get("epochs", 0)) > 0:
             self._pretrain(train, ctx, p)
-        self._meta_tune(train, ctx, sem, dict(self.config.get("meta") or {}))
+        self._meta_tune(train, ctx, sem, self.opts["meta"])
         self._memo.clear()
 
     def _pretrain(self, train, ctx, p):
@@ -149,7 +147,10 @@ class DVLARL(FSLLearner):
             pct_start=float(p.get("warmup_fraction", 0.05)), anneal_strategy="cos")
         smooth = float(p.get("label_smoothing", 0.1))
         self.backbone.train()
-        for epoch in ctx.bar(range(epochs), "dvla_rl pretraining"):
+        ckpt = EpochCheckpoint.of(ctx, "pretrain")  # per-epoch checkpoint (fsbench.trainstate)
+        state = {"backbone": self.backbone, "head": head, "opt": opt, "sched": sched}
+        start, _ = ckpt.restore(state, loader)
+        for epoch in ctx.bar(range(start, epochs), "dvla_rl pretraining"):
             tot, n, lr = 0.0, 0, opt.param_groups[0]["lr"]
             for x, y in loader:
                 x, y = x.to(ctx.device), y.to(ctx.device)
@@ -160,6 +161,7 @@ class DVLARL(FSLLearner):
                 sched.step()
                 tot, n = tot + loss.item() * len(y), n + len(y)
             ctx.log_epoch("pretrain", epoch, loss=tot / max(1, n), lr=lr)
+            ckpt.save(epoch + 1, state, loader)
         ctx.log_selection("pretrain", epochs - 1, "last")
 
     def _meta_tune(self, train, ctx, sem, m):
@@ -180,14 +182,19 @@ class DVLARL(FSLLearner):
         lam_sim, lam_imp = float(r.get("lambda_sim", 0.5)), float(r.get("lambda_imp", 1.0))
         weight = float(r.get("weight", 0.1))
         delta = r.get("delta_acc", "previous")
-        if delta not in ("previous", "counterfactual"):
-            raise UserError(f"rla.delta_acc: {delta!r} is not previous or counterfactual")
         learn_gate = r.get("alpha_fixed") is None and r.get("enabled", True)
         tf = ctx.train_transform
         sem.prepare(train.class_names)
         self.train()
         blocks = EpisodeBlocks(ctx, "meta", n)
-        for i in ctx.bar(range(n), "dvla_rl meta-tuning"):
+        # Checkpoint after every block of episodes; episode i is a function of (seed, i).
+        ckpt = EpochCheckpoint.of(ctx, "meta")
+        state = {"rla": self.rla, "policy": self.policy, "reward_proj": self.reward_proj,
+                 "backbone": self.backbone, "opt": opt, "sched": sched}
+        start, saved = ckpt.restore(state)
+        if start:
+            self.load_extra_state(saved)
+        for i in ctx.bar(range(start, n), "dvla_rl meta-tuning"):
             ep = sampler.sample(i, 1)
             names = [train.class_names[int(c)] for c in ep.classes[0]]
             idx = np.concatenate([ep.support.reshape(-1), ep.query.reshape(-1)])
@@ -224,7 +231,8 @@ class DVLARL(FSLLearner):
             lr = opt.param_groups[0]["lr"]
             opt.step()
             sched.step()
-            blocks.add(i, loss=loss.item(), acc=100.0 * acc, lr=lr)
+            if blocks.add(i, loss=loss.item(), acc=100.0 * acc, lr=lr):
+                ckpt.save(i + 1, state, None, self.extra_state())
         ctx.log_selection("meta", (n - 1) // blocks.size, "last")
         self.eval()
 
@@ -272,7 +280,7 @@ class DVLARL(FSLLearner):
         fs = self._features(support.flatten(0, 1), names).view(e, s, -1)
         q = query.flatten(0, 1)
         fq = self._features(q, [None] * len(q)).view(e, query.shape[1], -1)
-        temp = float((self.config.get("meta") or {}).get("temperature", 0.2))
+        temp = float(self.opts["meta"]["temperature"])
         protos = prototypes(fs, support_labels, way)
         return _cosine_logits(fq, protos, temp)
 

@@ -79,7 +79,7 @@ def build_text_encoder(cfg: dict, dataset: str, train=None, *, seed: int = 0,
         return WordsEncoder(int(cfg.get("dim", 64)))
     if kind == "openai_clip":
         clip = _clip_module()
-        return ClipEncoder(clip.load_openai_clip(cfg.get("arch", "ViT-B-16"), cfg.get("weights")),
+        return ClipEncoder(clip.load_openai_clip(cfg.get("arch") or "ViT-B-16", cfg.get("weights")),
                            "openai_clip")
     if kind == "glyphs_clip":
         if dataset != "glyphs":

@@ -102,6 +102,9 @@ def run_sessions(learner: FSCILLearner, bench: FSCILBenchmark, ctx: RunContext,
         elapsed_before = float(state.get("elapsed_s", sum(times)))
         provenance = state.get("base_from")
         ctx.curves.restore(state.get("curves", []))
+    if resume and (mid := epochs.elapsed()) is not None:  # killed during a training
+        elapsed_before = mid
+    epochs.clock = lambda: elapsed_before + time.perf_counter() - started
     if resume:
         for lg in loggers:
             lg.on_resume(start)

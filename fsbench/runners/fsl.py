@@ -26,7 +26,9 @@ from fsbench.errors import EpisodeError, UserError
 from fsbench.heads import get_head
 from fsbench.learner import FSLLearner
 from fsbench.metrics import mean_ci95
-from fsbench.results import atomic_torch_save, restore_learner
+from fsbench.results import atomic_torch_save, remove_stale_temporaries, restore_learner
+from fsbench.trainstate import FILE as EPOCHS_FILE
+from fsbench.trainstate import EpochCheckpoint
 
 CHECKPOINT = "checkpoint.pt"
 MANIFEST = "episodes.npz"
@@ -138,6 +140,10 @@ def run_fsl(learner: FSLLearner, bench: FSLBenchmark, ctx: RunContext, run_dir: 
     episodes = prepare_episodes(bench.test, ctx, run_dir)  # fail early on impossible episodes
     t0 = time.perf_counter()
     elapsed_before = 0.0
+    # Trainers checkpoint their epochs here (fsbench.trainstate); a resumed fit continues there.
+    epochs = ctx.extras["epochs"] = EpochCheckpoint(Path(run_dir) / EPOCHS_FILE)
+    if resume and dist.is_main():
+        remove_stale_temporaries(run_dir)
     if resume:
         for lg in loggers:  # the episodes are evaluated again; a finished fit (session 0) is kept
             lg.on_resume(1 if ckpt.exists() else 0)
@@ -146,6 +152,9 @@ def run_fsl(learner: FSLLearner, bench: FSLBenchmark, ctx: RunContext, run_dir: 
         elapsed_before = float(state.get("elapsed_s", 0.0))
         ctx.curves.restore(state.get("curves", []))
     else:
+        if resume and (mid := epochs.elapsed()) is not None:  # killed during the fit
+            elapsed_before = mid
+        epochs.clock = lambda: elapsed_before + time.perf_counter() - t0
         seed_everything(derive_seed(ctx.seed, "fit"))
         ctx.extras["val"] = bench.val
         learner.train()
@@ -154,7 +163,8 @@ def run_fsl(learner: FSLLearner, bench: FSLBenchmark, ctx: RunContext, run_dir: 
         if dist.is_main():
             atomic_torch_save(ckpt, {"stage": "fit", "learner": learner.state_dict(),
                                      "curves": ctx.curves.state(),
-                                     "elapsed_s": time.perf_counter() - t0})
+                                     "elapsed_s": elapsed_before + time.perf_counter() - t0})
+            epochs.clear()  # the fit's checkpoint supersedes its epochs' checkpoint
     fit_s = time.perf_counter() - t0
     seed_everything(derive_seed(ctx.seed, "eval"))
     metrics = evaluate(learner, bench.test, ctx, run_dir, loggers, episodes)

@@ -27,13 +27,16 @@ from __future__ import annotations
 
 import math
 import numbers
+from typing import Literal, Optional, Union
 
 import torch
 import torch.nn as nn
+from pydantic import ConfigDict, Field, StrictBool
 
 from fsbench.baselines.backbones import build_backbone, check_pretraining
 from fsbench.baselines.protos import class_means
 from fsbench.baselines.training import train_supervised
+from fsbench.configschema import Count, Fraction, MethodBlock, NonNeg, PosInt, validate_block
 from fsbench.errors import UserError
 from fsbench.learner import DataInfo, FSCILLearner, Session
 from fsbench.registry import register_method
@@ -41,24 +44,58 @@ from fsbench.registry import register_method
 from .losses import ETFHead, dot_regression, mix_features, separation, suppression
 from .neck import MambaNeck
 
-NECK = {"out_channels": 512, "mid_channels": None, "num_layers": 2, "num_layers_new": 2,
-        "d_state": 256, "dt_rank": None, "d_conv": 4, "expand": 1, "residual_proj": False,
-        "detach_residual": True, "version": "ssm", "z_sum": "code", "feat_size": None}
-INCREMENTAL = {"steps": 100, "batch_size": 64, "lr": 0.01, "momentum": 0.9,
-               "weight_decay": 0.0005, "base_lr_mult": 0.0, "copy": 1, "base_copy": 1,
-               "with_len": False, "loss_weight": 10.0, "supp_base": 100.0, "supp_novel": 0.0,
-               "sep_base": 0.0, "sep_new": 0.0, "mixup_lambda": 0.5, "mixup_prob": 0.0,
-               "min_lr_ratio": 0.01, "warmup_steps": 5, "cooldown_steps": 5}
 
 
-def _block(config: dict, key: str, defaults: dict) -> dict:
-    raw = config.get(key) or {}
-    if not isinstance(raw, dict):
-        raise UserError(f"{key}: expected a mapping, got {raw!r}")
-    unknown = sorted(set(raw) - set(defaults))
-    if unknown:
-        raise UserError(f"{key}: unknown key(s) {unknown}; valid: {sorted(defaults)}")
-    return {**defaults, **raw}
+class NeckOptions(MethodBlock):
+    """The ``neck:`` block: the dual selective-SSM projector (§3.2 of the paper)."""
+
+    out_channels: PosInt = Field(512, description="feature width (the ETF needs >= classes)")
+    mid_channels: Optional[PosInt] = Field(None, description="SSM width (null = 2 x input)")
+    num_layers: Count = Field(2, description="SSM layers of the base branch")
+    num_layers_new: Count = Field(2, description="SSM layers of the incremental branch")
+    d_state: PosInt = Field(256, description="SSM state size")
+    dt_rank: Optional[PosInt] = Field(None, description="rank of the step projection (null = "
+                                                      "d_state)")
+    d_conv: PosInt = Field(4, description="depth-wise convolution width")
+    expand: PosInt = Field(1, description="inner expansion of the SSM block")
+    residual_proj: StrictBool = Field(False, description="project the residual to out_channels")
+    detach_residual: StrictBool = Field(True, description="no gradient through the residual")
+    version: Literal["ssm"] = Field("ssm", description="ssm (the 1-D scan of the released "
+                                                       "miniImageNet/CIFAR configs)")
+    z_sum: Literal["code", "aligned"] = Field("code", description="how the gates are summed: "
+                                                                  "code (released) | aligned")
+    feat_size: Optional[PosInt] = Field(None, description="backbone map side (null = inferred)")
+
+
+class IncrementalOptions(MethodBlock):
+    """The ``incremental:`` block: sessions 1.. (§3.3; a list gives one value per session)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=False)
+
+    steps: Union[Count, list[Count]] = Field(100, description="optimisation steps")
+    batch_size: PosInt = Field(64, description="images per step")
+    lr: Union[NonNeg, list[NonNeg]] = Field(0.01, description="learning rate")
+    momentum: Fraction = Field(0.9, description="SGD momentum")
+    weight_decay: NonNeg = Field(0.0005, description="L2 weight decay")
+    base_lr_mult: NonNeg = Field(0.0, description="lr factor of the base branch (0 = frozen)")
+    copies: Union[Count, list[Count]] = Field(1, alias="copy",
+                                                description="repeats of the session's shots")
+    base_copy: Union[Count, list[Count]] = Field(1, description="repeats of the base memory")
+    with_len: StrictBool = Field(False, description="dot-regression with the feature length")
+    loss_weight: NonNeg = Field(10.0, description="weight of the dot-regression loss")
+    supp_base: NonNeg = Field(100.0, description="suppression weight on base classes (Eq. 9)")
+    supp_novel: NonNeg = Field(0.0, description="suppression weight on novel classes")
+    sep_base: NonNeg = Field(0.0, description="separation weight, base branch (Eq. 10)")
+    sep_new: NonNeg = Field(0.0, description="separation weight, incremental branch")
+    mixup_lambda: Fraction = Field(0.5, description="mixup coefficient")
+    mixup_prob: Fraction = Field(0.0, description="probability of a mixed batch")
+    min_lr_ratio: Fraction = Field(0.01, description="floor of the cosine, as a share of lr")
+    warmup_steps: Count = Field(5, description="linear warm-up steps")
+    cooldown_steps: Count = Field(5, description="final steps at a tenth of the floor")
+
+
+def _block(config: dict, key: str, model: type[MethodBlock]) -> dict:
+    return validate_block(model, config.get(key), key).model_dump(by_alias=True)
 
 
 def _per_session(opts: dict, key: str, sessions: int, kind=float) -> list:
@@ -104,18 +141,17 @@ class _Trunk(nn.Module):
                          "scan losses")
 class MambaFSCIL(FSCILLearner):
     frozen_after_base = True
+    config_blocks = {"neck": NeckOptions, "incremental": IncrementalOptions}
 
     def __init__(self, config: dict, info: DataInfo):
         super().__init__(config, info)
-        self.neck_opts = _block(config, "neck", NECK)
-        self.inc = _block(config, "incremental", INCREMENTAL)
+        self.neck_opts = _block(config, "neck", NeckOptions)
+        self.inc = _block(config, "incremental", IncrementalOptions)
         sessions = max(1, (info.num_classes - info.num_base) // max(1, info.way))
         self.steps = _per_session(self.inc, "steps", sessions, int)
         self.lrs = _per_session(self.inc, "lr", sessions)
         self.copies = _per_session(self.inc, "copy", sessions, int)
         self.base_copies = _per_session(self.inc, "base_copy", sessions, int)
-        if self.neck_opts["z_sum"] not in ("code", "aligned"):
-            raise UserError(f"neck.z_sum must be code or aligned, got {self.neck_opts['z_sum']!r}")
         check_pretraining(config)
         self.backbone = build_backbone(config.get("backbone", {}), info.channels)
         if not hasattr(self.backbone, "feature_map"):
@@ -250,6 +286,7 @@ class MambaFSCIL(FSCILLearner):
                 main = torch.cat([self.neck.main(feats[s:s + 256].to(self.device))[0]
                                   for s in range(0, len(labels), 256)])
         order, pos, losses, epoch, first = torch.randperm(len(labels)), 0, [], 0, 0
+        cur = lr
         for step in ctx.bar(range(1, steps + 1), f"session {session.index} steps"):
             if pos + bs > len(labels):  # drop the last partial batch, reshuffle
                 order, pos = torch.randperm(len(labels)), 0
