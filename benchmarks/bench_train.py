@@ -6,8 +6,9 @@ Each variant trains the TEEN glyphs preset (Conv4, batch 128, the train transfor
 ``--steps`` SGD steps after 3 warm-up steps, in a fresh child process (malloc settings and thread
 pools are per process); the variants run in interleaved rounds and the best round is shown:
 
-* ``baseline``      - glibc's default malloc, NCHW (what fsbench did before issue 17);
-* ``malloc``        - :func:`fsbench.memory.keep_freed_memory` (opt-in: ``FSBENCH_MALLOC=keep``);
+* ``baseline``      - glibc's default malloc (``FSBENCH_MALLOC=system``), NCHW;
+* ``malloc``        - :func:`fsbench.memory.keep_freed_memory` (the default since issue 17;
+                    ``FSBENCH_MALLOC=system`` turns it off);
 * ``channels_last`` - NHWC convolutions (config key ``channels_last``, opt-in);
 * ``both``          - the two together;
 * ``1 thread``      - ``malloc`` at one thread, to say which thread count to choose.

@@ -13,12 +13,14 @@ kernel on millions of page faults (issue 17).
 * ``M_TRIM_THRESHOLD`` = 1 GiB: free memory at the heap top is kept, not returned;
 * ``M_TOP_PAD`` = 64 MiB: the heap grows in large steps.
 
-The trade: the process keeps the memory it has freed (peak resident set up by a few hundred MiB on
-the glyphs runs; see ``benchmarks/bench_train.py``), in exchange for far fewer page faults. The
-embedded regression's numbers were unchanged with it. It is **opt-in** (``FSBENCH_MALLOC=keep``;
-default ``system``, glibc's own settings): measured on the glyphs regression entries it made the
-transformer-style learners much slower (dvla_rl 71.5 s against 15.9 s), which is not understood
-yet. Other C libraries (musl, macOS) are left alone.
+The trade: the process keeps the memory it has freed (peak resident set up by about 55 MiB on the
+glyphs TEEN training, 1.03 GiB against 0.98 GiB; see ``benchmarks/bench_train.py``), in exchange
+for 4.7x fewer page faults and 1.36x the training images/s there. The embedded regression's numbers
+are identical with it, and each of its nine entries ran faster (141 s in all against about 200 s),
+also with another process competing for a core. It is the **default** (``FSBENCH_MALLOC=keep``);
+``FSBENCH_MALLOC=system`` keeps glibc's own settings. (An earlier measurement on a heavily loaded
+machine had dvla_rl and beclr 4-5x slower with it; that did not reproduce on a quiet machine or with
+one competing process.) Other C libraries (musl, macOS) are left alone.
 """
 from __future__ import annotations
 
@@ -34,18 +36,18 @@ _state: str | None = None
 
 
 def keep_freed_memory() -> str:
-    """Apply :data:`SETTINGS` once per process when ``FSBENCH_MALLOC=keep``; returns ``"kept"``,
-    ``"system"`` (the default) or ``"unavailable"`` (not glibc)."""
+    """Apply :data:`SETTINGS` once per process unless ``FSBENCH_MALLOC=system``; returns
+    ``"kept"`` (the default), ``"system"`` or ``"unavailable"`` (not glibc)."""
     global _state
     if _state is not None:
         return _state
-    choice = os.environ.get(ENV, "system").strip().lower()
+    choice = os.environ.get(ENV, "keep").strip().lower()
     if choice == "system":
         _state = "system"
         return _state
     if choice != "keep":
         from fsbench.errors import UserError
-        raise UserError(f"{ENV}={choice!r}: use keep or system (the default)")
+        raise UserError(f"{ENV}={choice!r}: use keep (the default) or system")
     _state = "unavailable"
     if not sys.platform.startswith("linux"):
         return _state

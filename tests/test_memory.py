@@ -22,12 +22,8 @@ def fresh(monkeypatch):
     return memory
 
 
-@pytest.mark.parametrize("value", ["system", None])  # None: the default
-def test_default_and_opt_out_leave_malloc_alone(fresh, monkeypatch, value):
-    if value is None:
-        monkeypatch.delenv(memory.ENV, raising=False)
-    else:
-        monkeypatch.setenv(memory.ENV, value)
+def test_opt_out_leaves_malloc_alone(fresh, monkeypatch):
+    monkeypatch.setenv(memory.ENV, "system")
     calls = []
     monkeypatch.setattr(memory.ctypes, "CDLL", lambda *a, **k: calls.append(a))
     assert fresh.keep_freed_memory() == "system"
@@ -41,8 +37,12 @@ def test_bad_choice_is_one_line(fresh, monkeypatch):
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt is Linux-only")
-def test_settings_are_applied_once(fresh, monkeypatch):
-    monkeypatch.setenv(memory.ENV, "keep")
+@pytest.mark.parametrize("value", ["keep", None])  # None: the default
+def test_settings_are_applied_once(fresh, monkeypatch, value):
+    if value is None:
+        monkeypatch.delenv(memory.ENV, raising=False)
+    else:
+        monkeypatch.setenv(memory.ENV, value)
     seen = []
     monkeypatch.setattr(memory.ctypes, "CDLL",
                         lambda *a, **k: fake_libc(lambda k, v: seen.append((k, v)) or 1))
