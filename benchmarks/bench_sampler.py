@@ -14,8 +14,12 @@
 
 Every number is measured in this run. The methods of a section run in interleaved short rounds and
 each reports its best round, so a burst of load from other processes does not favour one method.
-torch runs single-threaded by default (``--threads``): on a small shared machine OpenMP threads that
-wait for a core make timings erratic.
+torch runs with 2 threads by default, the thread count of ``fsbench run`` (``--threads``); on a
+machine shared with other jobs use ``--threads 1`` (OpenMP threads that wait for a core make timings
+erratic). The per-item baselines gain nothing from a second thread (their tensors are single
+images). Measured on a quiet 2-core AMD EPYC: fsbench 1 episode per call 25.8x learn2learn with 2
+threads, 19.3-23.6x with 1 thread. The process uses fsbench's malloc setting (fsbench.memory), as
+every fsbench run does; the baselines run in the same process with it.
 """
 from __future__ import annotations
 
@@ -210,13 +214,19 @@ def bench_materialize(quick: bool) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="Benchmark the fsbench episodic sampler.")
     ap.add_argument("--quick", action="store_true", help="fewer episodes and rounds (~10 s)")
-    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    ap.add_argument("--threads", type=int, default=2,
+                    help="torch CPU threads (default 2, as fsbench run)")
     args = ap.parse_args(argv)
     import torch
 
+    from fsbench.memory import keep_freed_memory
+
     torch.set_num_threads(args.threads)
+    # The malloc setting of every fsbench run (fsbench.memory; FSBENCH_MALLOC=system for glibc's
+    # own). It is per process, so learn2learn and the naive loop run with it too.
+    malloc = keep_freed_memory()
     print(f"fsbench sampler benchmark (numpy {np.__version__}, torch {torch.__version__}, "
-          f"torch threads {args.threads}, python {sys.version.split()[0]})\n")
+          f"torch threads {args.threads}, python {sys.version.split()[0]}, malloc {malloc})\n")
     t = time.perf_counter()
     bench_indices(args.quick)
     bench_materialize(args.quick)

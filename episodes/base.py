@@ -83,6 +83,25 @@ class ArrayDataset(ImageDataset):
     def load(self, i: int) -> np.ndarray:
         return np.asarray(self.images[i])
 
+    def channels_first(self):
+        """The images as one channel-first uint8 torch tensor ``(N, C, H, W)``, made once and
+        cached (episode materialisation then gathers whole CHW images; the per-episode HWC -> CHW
+        copy was its most expensive step). One channel: a view of :attr:`images`, no copy. Several
+        channels: a second copy of the array (as many bytes as :attr:`images`) unless the array
+        is a memmap, for which None is returned (the gather transposes per episode instead)."""
+        cached = getattr(self, "_chw", None)
+        if cached is None:
+            import torch
+
+            if self.images.shape[-1] == 1:
+                cached = torch.from_numpy(np.asarray(self.images)).permute(0, 3, 1, 2)
+            elif isinstance(self.images, np.memmap):
+                return None
+            else:
+                cached = torch.from_numpy(np.ascontiguousarray(self.images.transpose(0, 3, 1, 2)))
+            self._chw = cached
+        return cached
+
     def load_many(self, indices) -> np.ndarray:
         """Images at ``indices`` as one ``(n, H, W, C)`` array (fast path for array datasets)."""
         return np.asarray(self.images[np.asarray(indices)])

@@ -472,6 +472,21 @@ class EpisodeSampler:
 
 
 # -- materialisation ---------------------------------------------------------------------------
+_LABELS: dict = {}
+
+
+def _label_tensor(way: int, per_class: int, lead: tuple, device):
+    """A fresh int64 tensor of :func:`episode_labels` (copied from a per-shape cache)."""
+    key = (way, per_class, lead, str(device))
+    t = _LABELS.get(key)
+    if t is None:
+        import torch
+
+        lab = np.broadcast_to(episode_labels(way, per_class), (*lead, way * per_class))
+        t = _LABELS[key] = torch.from_numpy(np.array(lab, order="C")).to(device or "cpu")
+    return t.clone()
+
+
 def materialize(dataset, episodes, *, device=None, dtype=None, scale: float | None = 1 / 255,
                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                 channels_last: bool = False):
@@ -483,9 +498,11 @@ def materialize(dataset, episodes, *, device=None, dtype=None, scale: float | No
     (default 1/255, like torchvision ``ToTensor``) and then normalised with ``mean``/``std`` when
     given. For a single :class:`Episode` the leading ``E`` dimension is dropped.
 
-    Fast path: a dataset with an in-memory ``images`` array (:class:`ArrayDataset`, also memmap) is
-    gathered with one fancy index on the uint8 array per tensor; the uint8 batch goes to ``device``
-    before the conversion. Other datasets go through ``load_many`` or per-item ``load``.
+    Fast path: an :class:`ArrayDataset` keeps a channel-first uint8 copy of its images
+    (:meth:`ArrayDataset.channels_first`, made on first use), so each tensor is one
+    ``index_select`` of whole CHW images and one conversion to float; a memmap is gathered with one
+    fancy index and transposed per call. The uint8 batch goes to ``device`` before the conversion.
+    Other datasets go through ``load_many`` or per-item ``load``.
 
     ``channels_last=True`` skips the uint8 HWC -> CHW reordering (the most expensive step on CPU):
     the tensors keep their logical ``(E, n, C, H, W)`` shape with ``(E, n, H, W, C)`` memory order,
@@ -495,10 +512,45 @@ def materialize(dataset, episodes, *, device=None, dtype=None, scale: float | No
     import torch
 
     single = isinstance(episodes, Episode)
+    dtype = torch.float32 if dtype is None else dtype
+    gain = bias = None
+    if mean is not None or std is not None:
+        # x * scale, then (x - mean) / std  ==  x * (scale / std) - mean / std
+        sc = 1.0 if scale is None else float(scale)
+        m = torch.as_tensor(0.0 if mean is None else mean, dtype=torch.float64).reshape(-1)
+        sd = torch.as_tensor(1.0 if std is None else std, dtype=torch.float64).reshape(-1)
+        gain = (sc / sd).to(dtype).view(-1, 1, 1)
+        bias = (-m / sd).to(dtype).view(-1, 1, 1)
+        if device is not None:
+            gain, bias = gain.to(device), bias.to(device)
+
+    def finish(src):  # uint8 (..., C, H, W) -> dtype, scaled / normalised
+        if device is not None:
+            src = src.to(device)
+        out = src.to(dtype)  # the one conversion (keeps the memory order)
+        if gain is not None:
+            out.mul_(gain).add_(bias)
+        elif scale is not None and scale != 1:
+            out.mul_(scale)
+        return out
+
+    chw = dataset.channels_first() if hasattr(dataset, "channels_first") and not channels_last \
+        else None
+    if chw is not None:  # the fast path: whole CHW images, one gather + one conversion per tensor
+        lead = () if single else (len(episodes),)
+
+        def take(idx: np.ndarray):
+            flat = torch.from_numpy(idx.reshape(-1).astype(np.int64, copy=False))
+            return finish(chw.index_select(0, flat)).view(*lead, -1, *chw.shape[1:])
+
+        way = episodes.classes.shape[-1]
+        ys = _label_tensor(way, episodes.support.shape[-1], lead, device)
+        yq = _label_tensor(way, episodes.query.shape[-1], lead, device)
+        return take(episodes.support), ys, take(episodes.query), yq
+
     if single:
         episodes = Episodes(episodes.classes[None], episodes.support[None], episodes.query[None],
                             episodes.index)
-    dtype = torch.float32 if dtype is None else dtype
     e, way = len(episodes), episodes.way
     images = getattr(dataset, "images", None)
 
@@ -514,30 +566,12 @@ def materialize(dataset, episodes, *, device=None, dtype=None, scale: float | No
             raw = raw[..., None]
         return raw.reshape(idx.shape + raw.shape[1:])  # (E, n, H, W, C)
 
-    gain = bias = None
-    if mean is not None or std is not None:
-        # x * scale, then (x - mean) / std  ==  x * (scale / std) - mean / std
-        sc = 1.0 if scale is None else float(scale)
-        m = torch.as_tensor(0.0 if mean is None else mean, dtype=torch.float64).reshape(-1)
-        sd = torch.as_tensor(1.0 if std is None else std, dtype=torch.float64).reshape(-1)
-        gain = (sc / sd).to(dtype).view(1, 1, -1, 1, 1)
-        bias = (-m / sd).to(dtype).view(1, 1, -1, 1, 1)
-        if device is not None:
-            gain, bias = gain.to(device), bias.to(device)
-
     def convert(raw: np.ndarray):
         if channels_last:
             src = torch.from_numpy(raw).permute(0, 1, 4, 2, 3)  # a view; the memory stays HWC
         else:  # HWC -> CHW on the uint8 bytes (4x less memory traffic than on floats)
             src = torch.from_numpy(np.ascontiguousarray(raw.transpose(0, 1, 4, 2, 3)))
-        if device is not None:
-            src = src.to(device)
-        out = src.to(dtype)  # the one conversion (keeps the memory order)
-        if gain is not None:
-            out.mul_(gain).add_(bias)
-        elif scale is not None and scale != 1:
-            out.mul_(scale)
-        return out
+        return finish(src)
 
     xs = convert(gather(episodes.support_indices()))
     xq = convert(gather(episodes.query_indices()))

@@ -313,6 +313,19 @@ def test_materialize_single_episode_normalised_and_gray(small_ds):
     torch.testing.assert_close(gxs[:, :, 0], loop_materialize(small_ds, e)[0][:, :, 0])
 
 
+def test_channel_first_copy_is_made_once_and_labels_are_fresh(small_ds):
+    ds = ArrayDataset(small_ds.images, small_ds.labels)
+    chw = ds.channels_first()
+    assert chw is ds.channels_first() and chw.shape == (120, 3, 6, 5)  # cached
+    assert torch.equal(chw, torch.from_numpy(small_ds.images).permute(0, 3, 1, 2))
+    gray = ArrayDataset(small_ds.images[..., 0], small_ds.labels)
+    assert gray.channels_first().data_ptr() == torch.from_numpy(gray.images).data_ptr()  # a view
+    e = EpisodeSampler(ds.labels, 3, 1, 2, seed=1).sample(0, 1)[0]
+    ys = materialize(ds, e)[1]
+    ys += 7  # a caller's in-place change does not reach the next episode's labels
+    assert materialize(ds, e)[1].tolist() == [0, 1, 2]
+
+
 def test_materialize_channels_last(small_ds):
     e = EpisodeSampler(small_ds.labels, 4, 2, 3, seed=2).sample(3, 5)
     ref = materialize(small_ds, e)
