@@ -92,14 +92,16 @@ def suppression(z: torch.Tensor, is_base: torch.Tensor, w_base: float,
 
 
 def separation(params: dict, is_base: torch.Tensor, weight: float) -> torch.Tensor:
-    """Class-sensitive separation of the scan parameters ``{"dt", "B", "C"}`` (each ``(b, c, l)``),
-    averaged as the official ``param_avg_dim='0-1-3'`` (batch and tokens)."""
+    """Class-sensitive separation of the scan parameters ``{"dt", "B", "C"}`` (each ``(b, c, l)``,
+    or ``(b, K, c, l)`` for SS2D's directions), averaged as the official ``param_avg_dim='0-1-3'``
+    (every axis but the channels ``c``: batch, directions, tokens)."""
     first = next(iter(params.values()))
     if weight <= 0 or not is_base.any() or is_base.all():
         return first.new_zeros(())
     loss = first.new_zeros(())
     for p in params.values():
-        means = torch.stack([p[is_base].mean((0, 2)), p[~is_base].mean((0, 2))])
+        dims = tuple(i for i in range(p.dim()) if i != p.dim() - 2)
+        means = torch.stack([p[is_base].mean(dims), p[~is_base].mean(dims)])
         m = F.normalize(means, dim=-1)
         sim = m @ m.t()
         loss = loss + weight * (torch.eye(2, device=p.device) - sim).abs().mean()

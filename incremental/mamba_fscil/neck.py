@@ -1,5 +1,5 @@
 """MambaNeck - Mamba-FSCIL's dual selective-SSM projector (Li et al., arXiv:2407.06136, Sec. 3.2;
-official ``mmfscil/models/mamba_ffn_neck.py``), version ``ssm``.
+official ``mmfscil/models/mamba_ffn_neck.py``), versions ``ssm`` and ``ss2d``.
 
 Input: the backbone's feature map ``f (b, c, h, w)``. Each branch is::
 
@@ -14,8 +14,10 @@ Input: the backbone's feature map ``f (b, c, h, w)``. Each branch is::
   Incremental-session output ``sg(g_base(f) + r(f)) + g_inc(f)`` with ``detach_residual``
   (CIFAR-100, miniImageNet), ``g_base(f) + r(f) + g_inc(f)`` without (CUB).
 
-Not done here: the VMamba-style SS2D block the official CUB config uses (per-direction
-parameters, 2-D depthwise conv, output LayerNorm); ``version: ss2d`` is refused.
+``version``: ``ssm`` (CIFAR-100, miniImageNet) runs one Mamba block (1-D causal conv, kernel
+``d_conv``) over four scan orders sharing its weights; ``ss2d`` (the official CUB config) runs the
+VMamba-style :class:`~fsbench.incremental.mamba_fscil.ss2d.SS2D` block (per-direction parameters,
+``d_conv_2d`` x ``d_conv_2d`` depthwise conv, output LayerNorm) on the token map.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ import torch.nn as nn
 
 from fsbench.errors import UserError
 
+from .ss2d import SS2D
 from .ssm import SelectiveSSM, four_way_scan
 
 
@@ -42,17 +45,25 @@ def build_mlp(cin: int, cout: int, mid: int, layers: int, h: int, w: int) -> nn.
 
 
 class Branch(nn.Module):
-    def __init__(self, cin, cout, mid, layers, h, w, ssm: dict, z_sum: str):
+    def __init__(self, cin, cout, mid, layers, h, w, ssm: dict, z_sum: str, version: str = "ssm",
+                 d_conv_2d: int = 3):
         super().__init__()
         self.mlp = build_mlp(cin, cout, mid, layers, h, w)
         self.pos_embed = nn.Parameter(torch.zeros(1, h * w, cout))
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        self.block = SelectiveSSM(cout, **ssm)
+        self.version = version
+        if version == "ss2d":
+            self.block = SS2D(cout, **{**ssm, "d_conv": d_conv_2d})
+        else:
+            self.block = SelectiveSSM(cout, **ssm)
         self.z_sum = z_sum
 
     def forward(self, f):
         b, _, h, w = f.shape
         tokens = self.mlp(f).flatten(2).transpose(1, 2) + self.pos_embed   # (b, h*w, out)
+        if self.version == "ss2d":
+            y, z, params = self.block(tokens.view(b, h, w, -1))
+            return y.mean((1, 2)), z, params
         y, z, params = four_way_scan(self.block, tokens, h, w, self.z_sum)
         return y.mean(1), z, params
 
@@ -66,13 +77,11 @@ class MambaNeck(nn.Module):
         ssm = {"d_state": int(opts["d_state"]), "dt_rank": int(opts.get("dt_rank") or
                                                                opts["d_state"]),
                "d_conv": int(opts["d_conv"]), "expand": float(opts["expand"])}
-        if opts.get("version", "ssm") != "ssm":
-            raise UserError("neck.version: only 'ssm' is implemented (the official CUB config's "
-                            "SS2D block is not); set neck.version=ssm")
+        kind = {"version": opts.get("version", "ssm"), "d_conv_2d": int(opts.get("d_conv_2d", 3))}
         self.base = Branch(in_channels, out, mid, int(opts["num_layers"]), h, w, ssm,
-                           opts["z_sum"])
+                           opts["z_sum"], **kind)
         self.inc = Branch(in_channels, out, mid, int(opts["num_layers_new"]), h, w, ssm,
-                          opts["z_sum"])
+                          opts["z_sum"], **kind)
         self.inc.block.zero_gate()
         if opts["residual_proj"]:
             self.residual_proj = nn.Linear(in_channels, out, bias=False)
