@@ -120,8 +120,14 @@ class TorchvisionResNet(nn.Module):
     depth = 18
     out_dim = 512
 
-    def __init__(self, in_channels: int = 3, cifar_stem: bool = False):
+    def __init__(self, in_channels: int = 3, cifar_stem: bool = False, frozen_stages: int = -1):
+        """``frozen_stages`` as mmcls' ResNet: -1 none, 0 the stem, k the stem and ``layer1..k``
+        (no gradient, BatchNorm kept in eval mode; Mamba-FSCIL's CUB config uses 1)."""
         super().__init__()
+        if not isinstance(frozen_stages, int) or isinstance(frozen_stages, bool) \
+                or not -1 <= frozen_stages <= 4:
+            raise UserError(f"backbone.frozen_stages: {frozen_stages!r} is not -1..4")
+        self.frozen_stages = frozen_stages
         net = getattr(torchvision.models, f"resnet{self.depth}")(weights=None)
         if cifar_stem or in_channels != 3:
             k, s, p = (3, 1, 1) if cifar_stem else (7, 2, 3)
@@ -130,6 +136,19 @@ class TorchvisionResNet(nn.Module):
             net.maxpool = nn.Identity()
         net.fc = nn.Identity()
         self.net = net
+        for m in self._frozen():
+            m.requires_grad_(False)
+
+    def _frozen(self) -> list:
+        n = self.net
+        stem = [n.conv1, n.bn1] if self.frozen_stages >= 0 else []
+        return stem + [getattr(n, f"layer{i}") for i in range(1, self.frozen_stages + 1)]
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for m in self._frozen():
+            m.eval()
+        return self
 
     def feature_map(self, x):
         n = self.net

@@ -28,6 +28,8 @@ from fsbench.episodes.base import ImageDataset
 from fsbench.errors import UserError
 from fsbench.trainstate import EpochCheckpoint
 
+from .recipes import BatchAugments, IterationSchedule
+
 
 def split_val(data: ImageDataset, fraction: float, seed: int):
     """Deterministic per-class split of ``data`` into (train, val) subsets."""
@@ -46,20 +48,27 @@ def split_val(data: ImageDataset, fraction: float, seed: int):
 
 
 def make_optimizer(params, t: dict, epochs: int):
-    opt = torch.optim.SGD(params, lr=float(t.get("lr", 0.1)), momentum=float(t.get("momentum", 0.9)),
+    """SGD and its epoch scheduler. ``params``: parameters, or ``[(parameters, lr_mult), ...]``
+    groups (e.g. Mamba-FSCIL's CUB backbone at 0.1 x lr). ``schedule: cooldown`` (and any
+    ``warmup_iters``) are set per iteration by :class:`~fsbench.baselines.recipes.IterationSchedule`;
+    the epoch scheduler is then a constant."""
+    lr = float(t.get("lr", 0.1))
+    if params and isinstance(params[0], tuple):
+        params = [{"params": list(ps), "lr": lr * float(mult)} for ps, mult in params]
+    opt = torch.optim.SGD(params, lr=lr, momentum=float(t.get("momentum", 0.9)),
                           nesterov=bool(t.get("nesterov", True)),
                           weight_decay=float(t.get("weight_decay", 5e-4)))
     sched = t.get("schedule", "cosine")
-    if sched == "cosine":
+    if sched == "cosine" and not IterationSchedule.wanted(t):
         s = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs))
-    elif sched == "multistep":
+    elif sched == "multistep" and not IterationSchedule.wanted(t):
         s = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(t.get("milestones", [])),
                                                  gamma=float(t.get("gamma", 0.1)))
-    elif sched == "constant":
+    elif sched in ("constant", "cooldown") or IterationSchedule.wanted(t):
         s = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: 1.0)
     else:
-        raise UserError(f"train.schedule: unknown schedule {sched!r}; use cosine, multistep or "
-                        f"constant")
+        raise UserError(f"train.schedule: unknown schedule {sched!r}; use cosine, multistep, "
+                        f"constant or cooldown")
     return opt, s
 
 
@@ -97,11 +106,15 @@ class _Logits(nn.Module):
 
 
 def train_supervised(backbone: nn.Module, head: nn.Module, data: ImageDataset, ctx,
-                     t: dict, num_classes: int, desc: str = "base", loss_fn=None) -> dict:
+                     t: dict, num_classes: int, desc: str = "base", loss_fn=None,
+                     param_groups=None) -> dict:
     """Train ``head(backbone(x), num_classes)`` with cross-entropy on ``data``; returns a log.
 
     ``loss_fn(features, labels)``, when given, replaces the cross-entropy (e.g. Mamba-FSCIL's
-    dot-regression loss against a fixed ETF); selection still uses ``head``'s arg-max."""
+    dot-regression loss against a fixed ETF); selection still uses ``head``'s arg-max.
+    ``param_groups``: ``[(parameters, lr_mult), ...]`` instead of one learning rate for all.
+    ``t`` may ask for per-iteration rates (``schedule: cooldown``, ``warmup_iters``) and batch
+    Mixup/CutMix (``batch_augments``), see :mod:`fsbench.baselines.recipes`."""
     epochs = int(t.get("epochs", 1))
     select = t.get("select", "val")
     if ctx.get("select_on_test", False):
@@ -119,12 +132,15 @@ def train_supervised(backbone: nn.Module, head: nn.Module, data: ImageDataset, c
         raise UserError(f"train.select: {select!r} is not one of val, last, test")
     fmt = memory_format(ctx)
     backbone.to(memory_format=fmt)
-    params = list(backbone.parameters()) + list(head.parameters())
+    params = param_groups or list(backbone.parameters()) + list(head.parameters())
     opt, sched = make_optimizer(params, t, epochs)
+    base_lrs = [g["lr"] for g in opt.param_groups]
     total = int(t.get("batch_size", 128))
     loader = ctx.loader(data, train=True, batch_size=ctx.per_rank_batch(total, "train.batch_size"),
                         drop_last=len(data) > total, shard=True)
     # Per-epoch checkpoint (fsbench.trainstate): a killed run resumes at the next epoch.
+    per_iter = IterationSchedule(t, epochs, len(loader)) if IterationSchedule.wanted(t) else None
+    augments = BatchAugments(t["batch_augments"]) if t.get("batch_augments") else None
     ckpt = EpochCheckpoint.of(ctx, desc)
     state = {"backbone": backbone, "head": head, "opt": opt, "sched": sched}
     start, saved = ckpt.restore(state, loader)
@@ -150,6 +166,14 @@ def train_supervised(backbone: nn.Module, head: nn.Module, data: ImageDataset, c
         for i, (x, y) in enumerate(loader):
             x, y = x.to(ctx.device, memory_format=fmt if x.dim() == 4 else
                         torch.contiguous_format), y.to(ctx.device)
+            if per_iter is not None:
+                factor = per_iter.factor(epoch, epoch * len(loader) + i)
+                for g, base_lr in zip(opt.param_groups, base_lrs):
+                    g["lr"] = base_lr * factor
+                lr = opt.param_groups[0]["lr"] if i == 0 else lr
+            y_b = None
+            if augments is not None:
+                x, y, y_b, lam = augments(x, y)
             if net is not None:
                 out = net(x)
                 f, logits = (None, out) if loss_fn is None else (out, None)
@@ -159,6 +183,9 @@ def train_supervised(backbone: nn.Module, head: nn.Module, data: ImageDataset, c
                 # changes its numbers in the reproducible CPU mode (allocation-dependent kernels).
                 logits = head(f, num_classes) if loss_fn is None else None
             loss = F.cross_entropy(logits, y) if loss_fn is None else loss_fn(f, y)
+            if y_b is not None:  # mixed batch: lam L(y) + (1 - lam) L(y[perm])
+                loss = lam * loss + (1 - lam) * (
+                    F.cross_entropy(logits, y_b) if loss_fn is None else loss_fn(f, y_b))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

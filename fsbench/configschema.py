@@ -56,6 +56,20 @@ class Train(_Block):
                                                                 "where the lr is multiplied")
     gamma: Optional[Annotated[float, Field(gt=0, le=10, allow_inf_nan=False)]] = Field(
         None, description="schedule multistep: the lr factor at each milestone")
+    warmup_iters: Optional[Count] = Field(None, description="linear warm-up over the first "
+                                                            "iterations (mmcv), 0 = none")
+    warmup_ratio: Optional[Fraction] = Field(None, description="warm-up starts at this share "
+                                                               "of the lr")
+    min_lr_ratio: Optional[Fraction] = Field(None, description="schedule cooldown: the cosine's "
+                                                               "floor as a share of the lr")
+    cooldown_iters: Optional[Count] = Field(None, description="schedule cooldown: last "
+                                                              "iterations at floor x ratio")
+    cooldown_ratio: Optional[Fraction] = Field(None, description="schedule cooldown: the final "
+                                                                 "lr as a share of the floor")
+    backbone_lr_mult: Optional[NonNeg] = Field(None, description="the backbone's lr as a "
+                                                                 "multiple of train.lr")
+    batch_augments: Optional[list[dict[str, Any]]] = Field(
+        None, description="per batch one of [{name: mixup|cutmix|identity, p, alpha}]")
     select: Optional[Literal["val", "last", "test"]] = Field(
         None, description="model selection: val (held-out base images), last, test (flagged)")
 

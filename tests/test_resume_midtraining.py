@@ -80,6 +80,13 @@ CASES = {
         "eval.episodes": 10}, "meta", 100),
     "cpe_clip": ("cpe_clip", "glyphs", {"clip.pretrain_steps": 300, "train.base.epochs": 2,
                                         "train.session.epochs": 1}, "prompts-0", 1),
+    # Mamba-FSCIL's CIFAR-style base recipe (fsbench.baselines.recipes): cooldown by iteration,
+    # warm-up, batch Mixup/CutMix from the saved random states, a backbone lr multiplier
+    "mamba-recipe": ("mamba_fscil", "synthetic", {
+        "train.epochs": 3, "train.schedule": "cooldown", "train.warmup_iters": 3,
+        "train.backbone_lr_mult": 0.5, "train.batch_augments": [
+            {"name": "mixup", "alpha": 0.8, "p": 0.4}, {"name": "cutmix", "alpha": 1.0, "p": 0.4},
+            {"name": "identity", "p": 0.2}], "incremental.steps": 5}, "base", 1),
 }
 
 
@@ -122,3 +129,4 @@ def test_interrupted_training_loop_resumes_to_identical_numbers(case, tmp_path, 
     assert resumed["status"] == full["status"]
     # the time of the interrupted process up to its last epoch counts in the run's total
     assert resumed["timings"]["total_s"] >= saved["_elapsed_s"]
+

@@ -60,8 +60,10 @@ class NeckOptions(MethodBlock):
     expand: PosInt = Field(1, description="inner expansion of the SSM block")
     residual_proj: StrictBool = Field(False, description="project the residual to out_channels")
     detach_residual: StrictBool = Field(True, description="no gradient through the residual")
-    version: Literal["ssm"] = Field("ssm", description="ssm (the 1-D scan of the released "
-                                                       "miniImageNet/CIFAR configs)")
+    version: Literal["ssm", "ss2d"] = Field(
+        "ssm", description="ssm: one Mamba block over 4 scan orders (CIFAR/mini configs); ss2d: "
+                           "VMamba SS2D, per-direction parameters (CUB config)")
+    d_conv_2d: PosInt = Field(3, description="ss2d: depthwise conv kernel (the official SS2D's 3)")
     z_sum: Literal["code", "aligned"] = Field("code", description="how the gates are summed: "
                                                                   "code (released) | aligned")
     feat_size: Optional[PosInt] = Field(None, description="backbone map side (null = inferred)")
@@ -203,6 +205,10 @@ class MambaFSCIL(FSCILLearner):
     def fit_base(self, session: Session, ctx) -> None:
         t = dict(self.config.get("train", {}))
         weight, with_len = float(t.pop("loss_weight", 10.0)), bool(t.pop("with_len", False))
+        mult = float(t.pop("backbone_lr_mult", 1.0))  # CUB: backbone at 0.1 x lr (paramwise_cfg)
+        groups = None if mult == 1.0 else [
+            (self.backbone.parameters(), mult),
+            (list(self.neck.parameters()) + list(self.head.parameters()), 1.0)]
         etf = self.head.etf
 
         def loss_fn(f, y):
@@ -210,7 +216,7 @@ class MambaFSCIL(FSCILLearner):
         self.neck.use_inc = False
         self.base_log = train_supervised(_Trunk(self.backbone, self.neck), self.head,
                                          session.data, ctx, t, self.info.num_base,
-                                         loss_fn=loss_fn)
+                                         loss_fn=loss_fn, param_groups=groups)
         self.eval()
         feats = ctx.extract(self.embed, session.data, desc="base class means")
         self.memory[torch.as_tensor(session.new_classes)] = class_means(
