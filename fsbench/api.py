@@ -323,6 +323,10 @@ def run(method: str, dataset: str, *, data_root=None, split_dir=None, preset: st
                   "generated_split": False, "nonstandard_backbone":
                       bool(standard) and backbone != standard},
         "data": {"train": bench.train.identity(), "test": bench.test.identity(),
+                 # the images as stored, before the transforms (data.options.resolution, or the
+                 # files' own size where the loader keeps it)
+                 "image_size": [int(s) for s in sample.shape[:2]],
+                 "resolution_option": options.get("resolution", "default"),
                  **{k: v for k, v in (bench.info or {}).items() if k != "split_id"}},
         "environment": {**environment(dev), "malloc": malloc},
         "metrics": metrics if task == "fsl" else {k: v for k, v in metrics.items()},

@@ -37,6 +37,8 @@ def test_result_records_invocation_and_preset_difference(tmp_path):
     problems = schema.validate_submission(sub, "sub")  # synthetic is not a leaderboard dataset
     assert len(problems) == 1 and "dataset" in problems[0], problems
     results.check_result_shape(result, run_dir / "result.json")
+    assert result["data"]["image_size"] == [16, 16]  # the synthetic images as stored (16 px)
+    assert result["data"]["resolution_option"] == "default"
 
 
 def test_packaged_preset_has_no_difference():
