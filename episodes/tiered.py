@@ -1,4 +1,5 @@
-"""tieredImageNet (``tieredimagenet``, FSL) in the Ren et al. (2018) pickle format.
+"""tieredImageNet (``tieredimagenet``, FSL): the Ren et al. (2018) pickles or full-resolution
+ILSVRC-2012 JPEGs (option ``form``).
 
 Layout: ``<root>/tiered-imagenet/`` (also ``tieredimagenet``, ``tiered_imagenet`` or the data root
 itself) with ``{train,val,test}_images_png.pkl`` (a list of PNG-encoded 84x84 images) and
@@ -11,8 +12,19 @@ and dicts only), so a crafted file is refused and runs no code. The PNG bytes ar
 access; ``fsbench data prepare --dataset tieredimagenet`` decodes them once into a memory-mapped
 cache, which later runs use automatically.
 
-Labels are the native ``label_specific`` ids of each split. Options: ``resolution`` (default
-84), ``use_prepared``, ``skip_corrupt``.
+Labels are the native ``label_specific`` ids of each split. Options: ``form`` (``pickle``, the
+default, or ``ilsvrc``), ``resolution`` (default 84 for pickles, native for ``ilsvrc``),
+``image_dir``, ``use_prepared``, ``skip_corrupt``.
+
+``form: ilsvrc`` - the layout BECLR's code reads (its images are ILSVRC-2012 train JPEGs at full
+resolution, resized to 256 and cropped to 224 by the transforms, where the pickles hold 84x84
+down-samples): ``<root>/tiered-imagenet/{train,val,test}.csv`` (header ``filename,label``; rows
+``<file>.JPEG,<wnid>``, a folder prefix before ``/`` or ``\\`` in the file name is dropped, as
+BECLR's ``dataset/split/tieredImageNet/*.csv``) and the ILSVRC-2012 train folder
+``<image_dir>/<wnid>/<file>.JPEG`` (``image_dir`` default: the first of
+``<root>/ILSVRC2012/train``, ``<root>/imagenet/train``, ``<root>/tiered-imagenet/images``). Class
+ids follow the first appearance of each wnid in a split's CSV (as BECLR's loader); each split
+must hold the 351 / 97 / 160 classes.
 """
 from __future__ import annotations
 
@@ -23,8 +35,9 @@ import numpy as np
 from fsbench.errors import UserError
 from fsbench.registry import register_dataset
 
-from .prepare import (COMMON_OPTIONS, EncodedImages, Split, check_options, file_stamp,
-                      fsl_benchmark, read_user_pickle, require_root, resolution_option)
+from .prepare import (COMMON_OPTIONS, EncodedImages, ImageFiles, Split, check_options,
+                      file_stamp, fsl_benchmark, list_stamp, missing_images, read_user_pickle,
+                      require_root, resolution_option)
 
 NATIVE = 84
 FOLDERS = ("tiered-imagenet", "tieredimagenet", "tiered_imagenet", ".")
@@ -90,15 +103,80 @@ def _split(d: Path, s: str) -> Split:
                  {"images": n, "classes": k})
 
 
+ILSVRC_LAYOUT = ("tiered-imagenet/{train,val,test}.csv (filename,label) + the ILSVRC-2012 train "
+                 "folder <wnid>/<file>.JPEG")
+IMAGE_DIRS = ("ILSVRC2012/train", "imagenet/train", "tiered-imagenet/images")
+
+
+def ilsvrc_folders(root: Path | None, options: dict) -> tuple[Path, Path]:
+    """``(folder of the split CSVs, ILSVRC train folder)``."""
+    root = require_root("tieredimagenet", root, "tiered-imagenet/train.csv")
+    csv_dir = next((root / sub if sub != "." else root for sub in FOLDERS
+                    if ((root / sub) if sub != "." else root).joinpath("train.csv").is_file()),
+                   None)
+    if csv_dir is None:
+        raise UserError(f"expected {root}/tiered-imagenet/train.csv, val.csv and test.csv (BECLR's "
+                        f"tieredImageNet split files; form ilsvrc: {ILSVRC_LAYOUT})")
+    given = options.get("image_dir")
+    if given is not None:
+        image_dir = Path(str(given)).expanduser()
+        if not image_dir.is_absolute():
+            image_dir = root / image_dir
+        if not image_dir.is_dir():
+            raise UserError(f"data.options.image_dir: {image_dir} is not a folder; give the "
+                            f"ILSVRC-2012 train folder (<wnid>/<file>.JPEG)")
+        return csv_dir, image_dir
+    for sub in IMAGE_DIRS:
+        if (root / sub).is_dir():
+            return csv_dir, root / sub
+    raise UserError(f"no ILSVRC-2012 train folder under {root} (looked for "
+                    f"{', '.join(IMAGE_DIRS)}); set data.options.image_dir=PATH")
+
+
+def _ilsvrc_split(csv_dir: Path, image_dir: Path, s: str) -> Split:
+    from .miniimagenet import read_csv
+
+    k, _ = SPLITS[s]
+    path = csv_dir / f"{s}.csv"
+    if not path.is_file():
+        raise UserError(f"expected {path} (form ilsvrc: {ILSVRC_LAYOUT})")
+    files, wnids = read_csv(path)
+    names = list(dict.fromkeys(wnids))  # first appearance, as BECLR's loader numbers them
+    if len(names) != k:
+        raise UserError(f"{path}: {len(names)} classes, the tieredImageNet {s} split has {k}; "
+                        f"use the split files of BECLR's dataset/split/tieredImageNet")
+    ids = {w: i for i, w in enumerate(names)}
+    labels = np.asarray([ids[w] for w in wnids], dtype=np.int64)
+    base = [f.replace("\\", "/").rsplit("/", 1)[-1] for f in files]
+
+    def load(res):
+        paths = [str(image_dir / w / f) for f, w in zip(base, wnids)]
+        missing_images(paths, image_dir, str(path))
+        return ImageFiles(paths, labels, names, "tieredimagenet", "RGB", None, res)
+    sid = list_stamp("tiered-ilsvrc", str(csv_dir.resolve()), s, base, labels)
+    return Split("tieredimagenet", s, load, sid, base, {"images": SPLITS[s][1], "classes": k})
+
+
 def tiered_splits(root, task: str, options: dict) -> dict:
+    if options.get("form", "pickle") == "ilsvrc":
+        csv_dir, image_dir = ilsvrc_folders(root, options)
+        return {s: _ilsvrc_split(csv_dir, image_dir, s) for s in SPLITS}
     d = folder(root)
     return {s: _split(d, s) for s in SPLITS}
 
 
 def build_tiered(root, task: str, options: dict):
-    o = check_options("tieredimagenet", options, COMMON_OPTIONS)
+    o = check_options("tieredimagenet", options, (*COMMON_OPTIONS, "form", "image_dir"))
     if task != "fsl":
         raise UserError("tieredimagenet is an FSL benchmark; it has no FSCIL protocol")
+    form = o.get("form", "pickle")
+    if form not in ("pickle", "ilsvrc"):
+        raise UserError(f"data.options.form for tieredimagenet: {form!r} is not pickle or ilsvrc")
+    if form == "ilsvrc":
+        res = resolution_option("tieredimagenet", o, None)  # native: the transforms resize
+        return fsl_benchmark("tieredimagenet", tiered_splits(root, task, o), res, o,
+                             {"root": str(root), "format": ILSVRC_LAYOUT,
+                              "class_split": "ren 351/97/160 (ILSVRC-2012 JPEGs)"})
     res = resolution_option("tieredimagenet", o, NATIVE)
     return fsl_benchmark("tieredimagenet", tiered_splits(root, task, o), res, o,
                          {"root": str(root), "format": LAYOUT, "class_split": "ren 351/97/160"})

@@ -253,6 +253,28 @@ def tiered(root: Path, per_class: int = 1, counts=(351, 97, 160), size: int = 6,
     return out
 
 
+def tiered_ilsvrc(root: Path, per_class: int = 1, counts=(351, 97, 160),
+                   image_dir: str = "ILSVRC2012/train") -> dict:
+    """BECLR's layout: ``<root>/tiered-imagenet/{split}.csv`` (``filename,label``; the train file
+    names carry a Windows folder prefix, as some copies do) and ILSVRC-style
+    ``<root>/<image_dir>/<wnid>/<wnid>_<k>.JPEG`` files whose pixel size encodes the class
+    (``8 + class % 5`` wide). Classes are listed in reverse wnid order, so first-appearance ids
+    differ from sorted ids."""
+    d = Path(root) / "tiered-imagenet"
+    out = {}
+    for split, k in zip(("train", "val", "test"), counts):
+        wnids = [f"n{split[:2]}{i:06d}" for i in range(k)][::-1]
+        rows = []
+        for c, w in enumerate(wnids):
+            for j in range(per_class):
+                name = f"{w}_{j}.JPEG"
+                _write(Path(root) / image_dir / w / name, jpeg_bytes((8 + c % 5, 6)))
+                rows.append((f"{split}\\{name}" if split == "train" else name, w))
+        _csv(d / f"{split}.csv", rows)
+        out[split] = wnids
+    return out
+
+
 # ---------------------------------------------------------------------------------- Omniglot
 def omniglot_alphabets() -> dict:
     """``{set: {alphabet: number of characters}}`` with the real Vinyals val/test alphabets and

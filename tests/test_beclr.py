@@ -238,6 +238,7 @@ def test_presets_paper_values():
     assert memory_size(d["memory_scale"], d["num_clusters"], t["batch_size"]) == 8193
     assert mini["mask"]["enabled"] and mini["loss"] == {"temp": 2.0, "lamb_neg": 0.1}
     tiered = config.resolve("beclr", "tieredimagenet")
+    assert tiered["data"]["options"]["form"] == "ilsvrc"  # full-resolution JPEGs, as the code
     assert (tiered["train"]["epochs"], tiered["train"]["batch_size"], tiered["dyce"]["topk"],
             tiered["dyce"]["num_clusters"], tiered["mask"]["ratio"]) == (200, 512, 10, 500, 0.3)
     for ds in ("cifarfs", "fc100"):

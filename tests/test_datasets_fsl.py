@@ -25,6 +25,37 @@ def test_tiered_pickles(tmp_path):
     assert np.array_equal(sub.load_many([1]), x[7][None]) and sub.labels.tolist() == [5, 7]
 
 
+def test_tiered_ilsvrc_layout_full_resolution(tmp_path):
+    """form ilsvrc: BECLR's split CSVs + ILSVRC JPEG folders, native size, first-appearance ids."""
+    wnids = F.tiered_ilsvrc(tmp_path, per_class=2)
+    b = DATASETS.get("tieredimagenet").obj(tmp_path, "fsl", {"form": "ilsvrc"})
+    assert [len(np.unique(d.labels)) for d in (b.train, b.val, b.test)] == [351, 97, 160]
+    assert b.train.class_names == wnids["train"]  # ids in order of first appearance
+    assert b.train.labels[:4].tolist() == [0, 0, 1, 1]
+    img = b.train.load(2)  # class 1: 9 px wide, kept at its own size (the transforms resize)
+    assert img.shape == (6, 9, 3) and img.dtype == np.uint8
+    assert b.test.load(2 * 7).shape == (6, 8 + 7 % 5, 3)
+    fixed = DATASETS.get("tieredimagenet").obj(tmp_path, "fsl", {"form": "ilsvrc",
+                                                                 "resolution": 4})
+    assert fixed.val.load(0).shape[:2] == (4, 4)
+    # an explicit image_dir, and one-line errors naming the file or option
+    F.tiered_ilsvrc(tmp_path / "other", per_class=1, image_dir="elsewhere/train")
+    moved = DATASETS.get("tieredimagenet").obj(tmp_path / "other", "fsl", {
+        "form": "ilsvrc", "image_dir": "elsewhere/train"})
+    assert moved.val.load(0).shape[:2] == (6, 8)
+    with pytest.raises(UserError, match="no ILSVRC-2012 train folder"):
+        DATASETS.get("tieredimagenet").obj(tmp_path / "other", "fsl", {"form": "ilsvrc"})
+    (tmp_path / "ILSVRC2012/train" / wnids["val"][0] / f"{wnids['val'][0]}_0.JPEG").unlink()
+    with pytest.raises(UserError, match=r"images listed in .*val.csv are missing"):
+        DATASETS.get("tieredimagenet").obj(tmp_path, "fsl", {"form": "ilsvrc"}).val.load(0)
+    csv = tmp_path / "tiered-imagenet" / "test.csv"
+    csv.write_text("\n".join(csv.read_text().splitlines()[:-2]) + "\n")  # last class gone
+    with pytest.raises(UserError, match=r"test.csv: 159 classes, .* has 160"):
+        DATASETS.get("tieredimagenet").obj(tmp_path, "fsl", {"form": "ilsvrc"})
+    with pytest.raises(UserError, match="pickle or ilsvrc"):
+        DATASETS.get("tieredimagenet").obj(tmp_path, "fsl", {"form": "jpg"})
+
+
 def test_tiered_bad_input(tmp_path):
     with pytest.raises(UserError, match=r"expected .*tiered-imagenet/train_images_png.pkl"):
         DATASETS.get("tieredimagenet").obj(tmp_path, "fsl", {})
