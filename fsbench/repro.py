@@ -1,5 +1,6 @@
 """Reproducible CPU mode: the same command gives the same numbers whatever the machine's
-instruction set and core count (checked on AVX2 machines; see the README for what is still open).
+instruction set and core count (checked on an AVX2-only and an AVX-512 AMD EPYC; see the README
+for what is still open).
 
 Why it is needed. On a CPU, PyTorch picks its kernels at run time from the instruction set it finds:
 ATen's own vectorised kernels (``ATEN_CPU_CAPABILITY``), oneDNN's convolutions
