@@ -138,9 +138,9 @@ def train_supervised(backbone: nn.Module, head: nn.Module, data: ImageDataset, c
     total = int(t.get("batch_size", 128))
     loader = ctx.loader(data, train=True, batch_size=ctx.per_rank_batch(total, "train.batch_size"),
                         drop_last=len(data) > total, shard=True)
-    # Per-epoch checkpoint (fsbench.trainstate): a killed run resumes at the next epoch.
     per_iter = IterationSchedule(t, epochs, len(loader)) if IterationSchedule.wanted(t) else None
     augments = BatchAugments(t["batch_augments"]) if t.get("batch_augments") else None
+    # Per-epoch checkpoint (fsbench.trainstate): a killed run resumes at the next epoch.
     ckpt = EpochCheckpoint.of(ctx, desc)
     state = {"backbone": backbone, "head": head, "opt": opt, "sched": sched}
     start, saved = ckpt.restore(state, loader)
@@ -170,7 +170,8 @@ def train_supervised(backbone: nn.Module, head: nn.Module, data: ImageDataset, c
                 factor = per_iter.factor(epoch, epoch * len(loader) + i)
                 for g, base_lr in zip(opt.param_groups, base_lrs):
                     g["lr"] = base_lr * factor
-                lr = opt.param_groups[0]["lr"] if i == 0 else lr
+                if i == 0:  # the epoch's reported lr: its first iteration's
+                    lr = opt.param_groups[0]["lr"]
             y_b = None
             if augments is not None:
                 x, y, y_b, lam = augments(x, y)

@@ -64,12 +64,12 @@ class DVLARL(FSLLearner):
         self.text_dim = self.opts["text"]["dim"]
         policy = r["policy"]
         dims = self.backbone.dims
-        self.rla = nn.ModuleList([RLAttention(d, self.text_dim, int(r.get("heads", 1)))
+        self.rla = nn.ModuleList([RLAttention(d, self.text_dim, int(r["heads"]))
                                   for d in dims])
-        self.policy = nn.ModuleList([GatePolicy(d, policy, int(r.get("hidden", 64)),
-                                                float(r.get("kappa", 10.0))) for d in dims])
+        self.policy = nn.ModuleList([GatePolicy(d, policy, int(r["hidden"]),
+                                                float(r["kappa"])) for d in dims])
         self.reward_proj = nn.ModuleList([nn.Linear(d, self.text_dim, bias=False) for d in dims])
-        self.rl = [Reinforce(float(r.get("baseline_momentum", 0.9)), float(r.get("tau", 0.2)))
+        self.rl = [Reinforce(float(r["baseline_momentum"]), float(r["tau"]))
                    for _ in dims]
         self.prev_acc: float | None = None
         self._text = None
@@ -88,8 +88,8 @@ class DVLARL(FSLLearner):
                                 f"encoder gives {self._text.dim}-d features; set text.dim="
                                 f"{self._text.dim}")
             dsc = self.opts["dsc"]
-            source = build_source(dsc.get("source", "auto"), c.get("dataset", ""))
-            self._sem = ClassSemantics(source, self._text.encode, int(dsc.get("k", 4)))
+            source = build_source(dsc["source"], c.get("dataset", ""))
+            self._sem = ClassSemantics(source, self._text.encode, int(dsc["k"]))
         return self._sem
 
     # ------------------------------------------------------------------ forward
@@ -99,8 +99,8 @@ class DVLARL(FSLLearner):
         bb = self.backbone
         h = bb.stem(x)
         recs = []
-        fixed = self.r.get("alpha_fixed")
-        on = text is not None and self.r.get("enabled", True)
+        fixed = self.r["alpha_fixed"]
+        on = text is not None and self.r["enabled"]
         for i in range(2):
             h = bb.embed(i, h)
             extra = None
@@ -124,28 +124,28 @@ class DVLARL(FSLLearner):
     def fit(self, train, ctx) -> None:
         sem = self._semantics(train, ctx)
         p = self.opts["pretrain"]
-        if int(p.get("epochs", 0)) > 0:
+        if int(p["epochs"]) > 0:
             self._pretrain(train, ctx, p)
         self._meta_tune(train, ctx, sem, self.opts["meta"])
         self._memo.clear()
 
     def _pretrain(self, train, ctx, p):
-        limit = p.get("max_images")
+        limit = p["max_images"]
         data = train
         if limit is not None and int(limit) < len(train):
             rng = np.random.default_rng(ctx.seed)
             data = train.subset(np.sort(rng.choice(len(train), int(limit), replace=False)))
         head = nn.Linear(self.backbone.out_dim, train.num_classes).to(ctx.device)
-        epochs, bs = int(p["epochs"]), int(p.get("batch_size", 128))
+        epochs, bs = int(p["epochs"]), int(p["batch_size"])
         loader = ctx.loader(data, train=True, batch_size=bs, drop_last=len(data) > bs)
         params = list(self.backbone.parameters()) + list(head.parameters())
-        opt = torch.optim.AdamW(params, lr=float(p.get("lr", 5e-4)),
-                                weight_decay=float(p.get("weight_decay", 0.05)))
+        opt = torch.optim.AdamW(params, lr=float(p["lr"]),
+                                weight_decay=float(p["weight_decay"]))
         total = max(1, epochs * len(loader))
         sched = torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=float(p.get("lr", 5e-4)), total_steps=total,
-            pct_start=float(p.get("warmup_fraction", 0.05)), anneal_strategy="cos")
-        smooth = float(p.get("label_smoothing", 0.1))
+            opt, max_lr=float(p["lr"]), total_steps=total,
+            pct_start=float(p["warmup_fraction"]), anneal_strategy="cos")
+        smooth = float(p["label_smoothing"])
         self.backbone.train()
         ckpt = EpochCheckpoint.of(ctx, "pretrain")  # per-epoch checkpoint (fsbench.trainstate)
         state = {"backbone": self.backbone, "head": head, "opt": opt, "sched": sched}
@@ -165,24 +165,24 @@ class DVLARL(FSLLearner):
         ctx.log_selection("pretrain", epochs - 1, "last")
 
     def _meta_tune(self, train, ctx, sem, m):
-        n = int(m.get("episodes", 0))
+        n = int(m["episodes"])
         if n <= 0:
             return
-        way, shot, query = int(m.get("way", 5)), int(m.get("shot", 1)), int(m.get("query", 15))
-        temp = float(m.get("temperature", 0.2))
+        way, shot, query = int(m["way"]), int(m["shot"]), int(m["query"])
+        temp = float(m["temperature"])
         sampler = EpisodeSampler(train.labels, way, shot, query, seed=ctx.seed)
         new = [p for mod in (self.rla, self.policy, self.reward_proj) for p in mod.parameters()]
         opt = torch.optim.AdamW([
-            {"params": new, "lr": float(m.get("lr", 5e-4)),
-             "weight_decay": float(m.get("weight_decay", 1e-4))},
-            {"params": list(self.backbone.parameters()), "lr": float(m.get("backbone_lr", 1e-6)),
-             "weight_decay": float(m.get("weight_decay", 1e-4))}])
+            {"params": new, "lr": float(m["lr"]),
+             "weight_decay": float(m["weight_decay"])},
+            {"params": list(self.backbone.parameters()), "lr": float(m["backbone_lr"]),
+             "weight_decay": float(m["weight_decay"])}])
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=n)
         r = self.r
-        lam_sim, lam_imp = float(r.get("lambda_sim", 0.5)), float(r.get("lambda_imp", 1.0))
-        weight = float(r.get("weight", 0.1))
-        delta = r.get("delta_acc", "previous")
-        learn_gate = r.get("alpha_fixed") is None and r.get("enabled", True)
+        lam_sim, lam_imp = float(r["lambda_sim"]), float(r["lambda_imp"])
+        weight = float(r["weight"])
+        delta = r["delta_acc"]
+        learn_gate = r["alpha_fixed"] is None and r["enabled"]
         tf = ctx.train_transform
         sem.prepare(train.class_names)
         self.train()
