@@ -46,15 +46,18 @@ LAYOUT = "tiered-imagenet/{train,val,test}_images_png.pkl + {train,val,test}_lab
 FIX = "download the tieredImageNet pickles again"
 
 
+def _candidates(root: Path) -> list[Path]:
+    """The folders that may hold the dataset's files, in order (:data:`FOLDERS`)."""
+    return [root if sub == "." else root / sub for sub in FOLDERS]
+
+
 def folder(root: Path | None) -> Path:
     root = require_root("tieredimagenet", root, "tiered-imagenet/train_images_png.pkl")
     need = [f"{s}_{k}.pkl" for s in SPLITS for k in ("images_png", "labels")]
-    for sub in FOLDERS:
-        d = root if sub == "." else root / sub
+    for d in _candidates(root):
         if all((d / n).is_file() for n in need):
             return d
-    for sub in FOLDERS:
-        d = root if sub == "." else root / sub
+    for d in _candidates(root):
         if d.is_dir() and any((d / n).is_file() for n in need):
             gone = [n for n in need if not (d / n).is_file()]
             raise UserError(f"{d} lacks {', '.join(gone)}; expected {root}/{LAYOUT}")
@@ -111,9 +114,7 @@ IMAGE_DIRS = ("ILSVRC2012/train", "imagenet/train", "tiered-imagenet/images")
 def ilsvrc_folders(root: Path | None, options: dict) -> tuple[Path, Path]:
     """``(folder of the split CSVs, ILSVRC train folder)``."""
     root = require_root("tieredimagenet", root, "tiered-imagenet/train.csv")
-    csv_dir = next((root / sub if sub != "." else root for sub in FOLDERS
-                    if ((root / sub) if sub != "." else root).joinpath("train.csv").is_file()),
-                   None)
+    csv_dir = next((d for d in _candidates(root) if (d / "train.csv").is_file()), None)
     if csv_dir is None:
         raise UserError(f"expected {root}/tiered-imagenet/train.csv, val.csv and test.csv (BECLR's "
                         f"tieredImageNet split files; form ilsvrc: {ILSVRC_LAYOUT})")
@@ -157,8 +158,15 @@ def _ilsvrc_split(csv_dir: Path, image_dir: Path, s: str) -> Split:
     return Split("tieredimagenet", s, load, sid, base, {"images": SPLITS[s][1], "classes": k})
 
 
+def _form(options: dict) -> str:
+    form = options.get("form", "pickle")
+    if form not in ("pickle", "ilsvrc"):
+        raise UserError(f"data.options.form for tieredimagenet: {form!r} is not pickle or ilsvrc")
+    return form
+
+
 def tiered_splits(root, task: str, options: dict) -> dict:
-    if options.get("form", "pickle") == "ilsvrc":
+    if _form(options) == "ilsvrc":
         csv_dir, image_dir = ilsvrc_folders(root, options)
         return {s: _ilsvrc_split(csv_dir, image_dir, s) for s in SPLITS}
     d = folder(root)
@@ -169,10 +177,7 @@ def build_tiered(root, task: str, options: dict):
     o = check_options("tieredimagenet", options, (*COMMON_OPTIONS, "form", "image_dir"))
     if task != "fsl":
         raise UserError("tieredimagenet is an FSL benchmark; it has no FSCIL protocol")
-    form = o.get("form", "pickle")
-    if form not in ("pickle", "ilsvrc"):
-        raise UserError(f"data.options.form for tieredimagenet: {form!r} is not pickle or ilsvrc")
-    if form == "ilsvrc":
+    if _form(o) == "ilsvrc":
         res = resolution_option("tieredimagenet", o, None)  # native: the transforms resize
         return fsl_benchmark("tieredimagenet", tiered_splits(root, task, o), res, o,
                              {"root": str(root), "format": ILSVRC_LAYOUT,

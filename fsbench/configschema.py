@@ -147,6 +147,11 @@ class MethodBlock(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _keys(model: type[BaseModel]) -> list[str]:
+    """The keys a configuration spells for ``model``'s fields (an alias where one is set)."""
+    return [info.alias or name for name, info in model.model_fields.items()]
+
+
 def validate_block(model: type[MethodBlock], raw, where: str) -> MethodBlock:
     """``raw`` (the ``where:`` block of a configuration; None = defaults) as ``model``; a
     :class:`UserError` of one line naming the key, the value and the rule otherwise."""
@@ -154,7 +159,7 @@ def validate_block(model: type[MethodBlock], raw, where: str) -> MethodBlock:
         raw = {}
     if not isinstance(raw, dict):
         raise UserError(f"config {where or 'file'} = {_short(raw)}: expected a mapping of "
-                        f"{', '.join(i.alias or n for n, i in model.model_fields.items())}")
+                        f"{', '.join(_keys(model))}")
     bools = [k for k, v in raw.items() if isinstance(v, bool) and k in model.model_fields
              and _type_name(model.model_fields[k].annotation) in ("integer", "number")]
     if bools:  # pydantic's lax mode reads True as 1
@@ -166,8 +171,7 @@ def validate_block(model: type[MethodBlock], raw, where: str) -> MethodBlock:
         loc = [str(p) for p in err["loc"]]
         key = ".".join([p for p in (where, *loc) if p])
         if err["type"] == "extra_forbidden":
-            raise unknown_key(key, loc[-1], [i.alias or n for n, i in model.model_fields.items()],
-                              "config") from None
+            raise unknown_key(key, loc[-1], _keys(model), "config") from None
         raise UserError(f"config {key} = {_short(err.get('input'))}: {err['msg'].lower()}; fix "
                         f"it with --set {key}=VALUE or in the preset") from None
 

@@ -45,7 +45,8 @@ from pydantic import ConfigDict, Field, StrictInt
 
 from fsbench.clip import load_openai_clip
 from fsbench.clip.names import readable_class_name
-from fsbench.configschema import MethodBlock, NonNeg, PosInt, validate_block
+from fsbench.configschema import (Count, Fraction, MethodBlock, NonNeg, PosInt, Rate,
+                                  validate_block)
 from fsbench.errors import UserError
 from fsbench.learner import FSCILLearner
 from fsbench.registry import register_method
@@ -181,7 +182,7 @@ class ClipOptions(MethodBlock):
     arch: Optional[str] = Field("ViT-B-16", description="open_clip architecture (source openai; "
                                                         "null = ViT-B-16)")
     weights: Optional[str] = Field(None, description="local weights file (never downloaded)")
-    pretrain_steps: Annotated[StrictInt, Field(ge=0, le=10_000_000)] = Field(
+    pretrain_steps: Count = Field(
         600, description="training steps of the glyphs CLIP (source glyphs)")
 
 
@@ -214,13 +215,11 @@ class CPETrain(MethodBlock):
     model_config = ConfigDict(extra="ignore", frozen=True)  # shared keys: configschema.Train
     base: SessionTrain = Field(SessionTrain(), description="session 0")
     session: SessionTrain = Field(SessionTrain(batch_size=4), description="sessions 1..")
-    momentum: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] = Field(
-        0.9, description="SGD momentum")
+    momentum: Fraction = Field(0.9, description="SGD momentum")
     weight_decay: NonNeg = Field(1e-5, description="L2 weight decay")
     schedule: Literal["official", "constant"] = Field(
         "official", description="official (restarted cosine, per session) | constant (train.lr)")
-    lr: Annotated[float, Field(gt=0, le=1000, allow_inf_nan=False)] = Field(
-        0.00325, description="the paper's nominal lr (schedule constant)")
+    lr: Rate = Field(0.00325, description="the paper's nominal lr (schedule constant)")
     warmup_restarts: Restarts = Field(Restarts(), description="schedule official")
 
 
@@ -234,8 +233,7 @@ class CPEOptions(MethodBlock):
         "balance", description="balance (Eq. 6) | freeze (code's ablation) | freeze_all (paper's "
                                "reading) | none")
     template: str = Field("{}.", description="text template of a class name")
-    logit_scale: Annotated[float, Field(gt=0, le=1000, allow_inf_nan=False)] = Field(
-        100.0, description="CLIP's logit scale")
+    logit_scale: Rate = Field(100.0, description="CLIP's logit scale")
     threads: Optional[Annotated[StrictInt, Field(ge=1, le=1024)]] = Field(
         None, description="cap on CPU threads while the learner computes (null: torch default)")
     train: CPETrain = CPETrain()

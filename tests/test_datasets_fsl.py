@@ -54,6 +54,8 @@ def test_tiered_ilsvrc_layout_full_resolution(tmp_path):
         DATASETS.get("tieredimagenet").obj(tmp_path, "fsl", {"form": "ilsvrc"})
     with pytest.raises(UserError, match="pickle or ilsvrc"):
         DATASETS.get("tieredimagenet").obj(tmp_path, "fsl", {"form": "jpg"})
+    with pytest.raises(UserError, match="pickle or ilsvrc"):  # also `fsbench data check`'s path
+        DATASETS.get("tieredimagenet").extra["splits"](tmp_path, "fsl", {"form": "jpg"})
 
 
 def test_tiered_bad_input(tmp_path):

@@ -51,8 +51,9 @@ class NeckOptions(MethodBlock):
 
     out_channels: PosInt = Field(512, description="feature width (the ETF needs >= classes)")
     mid_channels: Optional[PosInt] = Field(None, description="SSM width (null = 2 x input)")
-    num_layers: Count = Field(2, description="SSM layers of the base branch")
-    num_layers_new: Count = Field(2, description="SSM layers of the incremental branch")
+    num_layers: Literal[2, 3] = Field(2, description="layers of the base branch's MLP projector")
+    num_layers_new: Literal[2, 3] = Field(2, description="layers of the incremental branch's MLP "
+                                                         "projector")
     d_state: PosInt = Field(256, description="SSM state size")
     dt_rank: Optional[PosInt] = Field(None, description="rank of the step projection (null = "
                                                       "d_state)")
